@@ -1,0 +1,14 @@
+-- Sentry Integration Platform installations, and which installation a Sentry remote link came through.
+CREATE TABLE sentry_installations (
+    uuid            TEXT PRIMARY KEY,
+    org_id          TEXT NOT NULL REFERENCES organizations (id),
+    sentry_org_slug TEXT,
+    app_uuid        TEXT,
+    token           TEXT,
+    refresh_token   TEXT,
+    expires_at      INTEGER,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+);
+
+ALTER TABLE remote_links ADD COLUMN installation TEXT;

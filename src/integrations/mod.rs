@@ -1,0 +1,3 @@
+//! Integrations with other systems.
+
+pub mod sentry;
