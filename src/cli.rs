@@ -103,6 +103,10 @@ pub struct ServeArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "TETHER_BODY_LIMIT", default_value_t = 1024 * 1024)]
     pub body_limit: usize,
+    /// How long the API keeps a token's user and memberships in memory (`0s` turns it off). A token revoked
+    /// through another process, or a membership changed with the CLI, takes effect here within this time.
+    #[arg(long, env = "TETHER_AUTH_CACHE_TTL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub auth_cache_ttl: std::time::Duration,
     /// Timeout of one outbox delivery attempt (`10s`, `500ms`).
     #[arg(long, env = "TETHER_OUTBOX_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub outbox_timeout: std::time::Duration,
@@ -367,6 +371,7 @@ async fn serve(store: DynStore, args: ServeArgs) -> anyhow::Result<()> {
     let base = args.public_url.clone().unwrap_or_else(|| format!("http://{local}"));
     let mut state = crate::AppState::new(store, &base);
     state.body_limit = args.body_limit;
+    state.principals = crate::http::ctx::PrincipalCache::new(args.auth_cache_ttl);
     let sentry_org = match &args.sentry_org_id {
         Some(o) => Some(OrgId::parse(o).context("TETHER_SENTRY_ORG_ID must be an organization id")?),
         None => None,

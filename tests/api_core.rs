@@ -280,6 +280,19 @@ both_backends! {
         app.delete("/v2/_tokens/abc").await.expect_error(404);
     }
 
+    async fn a_token_revoked_outside_the_api_stops_working_within_the_auth_cache_ttl(app) {
+        // The CLI (another process) revokes in the database only; the API's principal cache may serve the token
+        // until its time to live (2 s by default) is over, and never after.
+        let token = app.user_token("acme", "olga", Role::Member).await;
+        let olga = app.as_user(&token, "acme");
+        assert_eq!(olga.get("/v2/myself").await.status, 200, "cached now");
+        let id = olga.get("/v2/_tokens").await.body[0]["id"].as_i64().unwrap();
+        assert!(app.store.revoke_token(id, None, tether::domain::dates::now_ms()).await.unwrap());
+        tokio::time::sleep(tether::http::ctx::PrincipalCache::DEFAULT_TTL + std::time::Duration::from_millis(300))
+            .await;
+        olga.get("/v2/myself").await.expect_error(401);
+    }
+
     async fn bearer_works_like_oauth_and_x_cloud_org_id_like_x_org_id(app) {
         let bearer = app
             .raw(

@@ -21,6 +21,31 @@ pub fn format_ms(ms: Millis) -> String {
     dt.format(&fmt).unwrap_or_default()
 }
 
+/// Formats like [`format_ms`] when displayed, without allocating (for serialisers that write straight into the
+/// output). Years outside 0..=9999 fall back to [`format_ms`].
+pub struct Formatted(pub Millis);
+
+impl std::fmt::Display for Formatted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let dt = OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000_000)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        if !(0..=9999).contains(&dt.year()) {
+            return f.write_str(&format_ms(self.0));
+        }
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}+0000",
+            dt.year(),
+            u8::from(dt.month()),
+            dt.day(),
+            dt.hour(),
+            dt.minute(),
+            dt.second(),
+            dt.millisecond()
+        )
+    }
+}
+
 /// Parses the Tracker format (`±hhmm` offset, with or without milliseconds) or RFC 3339.
 pub fn parse(s: &str) -> Option<Millis> {
     let s = s.trim();
@@ -62,6 +87,22 @@ mod tests {
     fn formats_with_milliseconds_and_a_colonless_utc_offset() {
         assert_eq!(format_ms(1_403_093_162_401), "2014-06-18T12:06:02.401+0000");
         assert_eq!(format_ms(0), "1970-01-01T00:00:00.000+0000");
+    }
+
+    #[test]
+    fn the_allocation_free_form_writes_what_format_ms_writes() {
+        for ms in [
+            0,
+            1,
+            999,
+            1_403_093_162_401,
+            -1,
+            -86_400_001,
+            253_402_300_799_999,
+            1_795_000_000_123,
+        ] {
+            assert_eq!(Formatted(ms).to_string(), format_ms(ms), "{ms}");
+        }
     }
 
     #[test]

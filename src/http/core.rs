@@ -290,6 +290,7 @@ pub async fn revoke_token(State(st): State<AppState>, ctx: Ctx, Path(id): Path<S
         .map_err(|_| Error::not_found("token", "Token does not exist"))?;
     ctx.authorize()?;
     if st.store.revoke_token(id, Some(ctx.user.uid), now_ms()).await? {
+        st.principals.clear();
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(Error::not_found("token", "Token does not exist"))

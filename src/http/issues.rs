@@ -177,7 +177,7 @@ pub async fn create_issue(State(st): State<AppState>, ctx: Ctx, body: Body) -> R
 }
 
 /// `POST /issues/_import`: an issue with its historical author, dates, key and status (admin).
-pub async fn import_issue(State(st): State<AppState>, ctx: Ctx, body: Body) -> Result<Json<Value>> {
+pub async fn import_issue(State(st): State<AppState>, ctx: Ctx, body: Body) -> Result<Response> {
     ctx.authorize()?;
     let b = object(body.json()?)?;
     let now = now_ms();
@@ -222,7 +222,7 @@ pub async fn import_issue(State(st): State<AppState>, ctx: Ctx, body: Body) -> R
         updated,
     };
     let issue = st.store.import_issue(&imp).await?;
-    Ok(Json(render::issue(&ctx, &issue)))
+    Ok(Json(render::issue(&ctx, &issue)).into_response())
 }
 
 /// A required date field: 422 when missing or unparsable.
@@ -270,10 +270,10 @@ pub async fn history_pair(
 }
 
 /// `GET /issues/{issue}`.
-pub async fn get_issue(State(st): State<AppState>, ctx: Ctx, Path(which): Path<String>) -> Result<Json<Value>> {
+pub async fn get_issue(State(st): State<AppState>, ctx: Ctx, Path(which): Path<String>) -> Result<Response> {
     let issue = load_issue(&st, &ctx, &which).await?;
     ctx.authorize()?;
-    Ok(Json(render::issue(&ctx, &issue)))
+    Ok(Json(render::issue(&ctx, &issue)).into_response())
 }
 
 fn if_match(headers: &HeaderMap) -> Result<Option<i64>> {
@@ -296,7 +296,7 @@ pub async fn update_issue(
     Path(which): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>> {
+) -> Result<Response> {
     let issue = load_issue(&st, &ctx, &which).await?;
     ctx.authorize()?;
     let expected = if_match(&headers)?;
@@ -353,13 +353,13 @@ pub async fn update_issue(
                 expected.unwrap_or(0)
             )));
         }
-        return Ok(Json(render::issue(&ctx, &issue)));
+        return Ok(Json(render::issue(&ctx, &issue)).into_response());
     }
     let updated = st
         .store
         .update_issue(&ctx.org, issue.id, &patch, expected, ctx.user.uid, now_ms())
         .await?;
-    Ok(Json(render::issue(&ctx, &updated)))
+    Ok(Json(render::issue(&ctx, &updated)).into_response())
 }
 
 fn array_items(_f: &CustomField, v: Value) -> Vec<Value> {
@@ -371,7 +371,7 @@ fn array_items(_f: &CustomField, v: Value) -> Vec<Value> {
 }
 
 /// `POST /issues/_findByUnique?unique=`.
-pub async fn find_issue_by_unique(State(st): State<AppState>, ctx: Ctx, q: Query) -> Result<Json<Value>> {
+pub async fn find_issue_by_unique(State(st): State<AppState>, ctx: Ctx, q: Query) -> Result<Response> {
     ctx.authorize()?;
     let unique = q
         .get("unique")
@@ -381,7 +381,7 @@ pub async fn find_issue_by_unique(State(st): State<AppState>, ctx: Ctx, q: Query
         .find_by_unique(&ctx.org, unique)
         .await?
         .ok_or_else(|| Error::not_found("issue", format!("No issue has unique {unique}")))?;
-    Ok(Json(render::issue(&ctx, &issue)))
+    Ok(Json(render::issue(&ctx, &issue)).into_response())
 }
 
 /// A filter's values: a list, one value, or none.
@@ -500,7 +500,7 @@ pub async fn search_issues(State(st): State<AppState>, ctx: Ctx, q: Query, body:
     }
     filter.keys = strings("keys", b.get("keys").unwrap_or(&Value::Null))?;
     let (issues, total) = st.store.search_issues(&ctx.org, &filter, order, page).await?;
-    let items = issues.iter().map(|i| render::issue(&ctx, i)).collect();
+    let items: Vec<_> = issues.iter().map(|i| render::issue(&ctx, i)).collect();
     Ok(paginated(&ctx, "/issues/_search", &q, page, total, items))
 }
 

@@ -158,13 +158,13 @@ pub async fn import_link(
     ctx: Ctx,
     Path(which): Path<String>,
     body: Body,
-) -> Result<Json<Value>> {
+) -> Result<Response> {
     let this = load_issue(&st, &ctx, &which).await?;
     ctx.authorize()?;
     let b = object(body.json()?)?;
     let new = import_record(&st, &ctx.org, &this, &b).await?;
     let link = st.store.create_link(&new).await?;
-    Ok(Json(render::link(&ctx, &link, true)))
+    Ok(Json(render::link(&ctx, &link, true)).into_response())
 }
 
 /// `GET /issues/{issue}/links`: every link, each with the linked issue's status and assignee; whole, as in Tracker,
@@ -179,10 +179,7 @@ pub async fn list_links(
     ctx.authorize()?;
     let links = st.store.list_links(&ctx.org, this.id).await?;
     if q.get("perPage").is_none() {
-        return Ok(Json(Value::Array(
-            links.iter().map(|l| render::link(&ctx, l, true)).collect(),
-        ))
-        .into_response());
+        return Ok(Json(links.iter().map(|l| render::link(&ctx, l, true)).collect::<Vec<_>>()).into_response());
     }
     let page = q.page()?;
     let total = links.len() as i64;
@@ -190,7 +187,7 @@ pub async fn list_links(
     let end = start
         .saturating_add(usize::try_from(page.per_page).unwrap_or(0))
         .min(links.len());
-    let items = links[start..end].iter().map(|l| render::link(&ctx, l, true)).collect();
+    let items: Vec<_> = links[start..end].iter().map(|l| render::link(&ctx, l, true)).collect();
     Ok(super::ctx::paginated(
         &ctx,
         &format!("/issues/{}/links", this.key),
@@ -211,7 +208,7 @@ pub async fn get_link(
     State(st): State<AppState>,
     ctx: Ctx,
     Path((which, link)): Path<(String, String)>,
-) -> Result<Json<Value>> {
+) -> Result<Response> {
     let this = load_issue(&st, &ctx, &which).await?;
     let id = link_id(&link)?;
     let view = st
@@ -220,7 +217,7 @@ pub async fn get_link(
         .await?
         .ok_or_else(|| Error::not_found("link", format!("Link {link} does not exist on {}", this.key)))?;
     ctx.authorize()?;
-    Ok(Json(render::link(&ctx, &view, true)))
+    Ok(Json(render::link(&ctx, &view, true)).into_response())
 }
 
 /// `DELETE /issues/{issue}/links/{link}` → 204, from either side.
@@ -256,7 +253,7 @@ pub async fn get_issue_graph(
     ctx: Ctx,
     Path(which): Path<String>,
     q: super::ctx::Query,
-) -> Result<Json<Value>> {
+) -> Result<Response> {
     let root = load_issue(&st, &ctx, &which).await?;
     ctx.authorize()?;
     let types: Vec<LinkType> = match q.get("types") {
@@ -291,24 +288,6 @@ pub async fn get_issue_graph(
         .store
         .issue_graph(&ctx.org, root.id, &types, out, inward, depth)
         .await?;
-    let nodes: Vec<Value> = graph
-        .nodes
-        .iter()
-        .map(|n| {
-            let mut v = render::issue_ref(&ctx, &n.issue);
-            v["summary"] = Value::String(n.issue.summary.clone());
-            v["status"] = render::status_ref(&ctx, &n.status);
-            if let Some(a) = &n.assignee {
-                v["assignee"] = render::user_ref(&ctx, a);
-            }
-            v
-        })
-        .collect();
-    let edges: Vec<Value> = graph
-        .edges
-        .iter()
-        .map(|(from, to, t)| serde_json::json!({"from": from, "to": to, "type": t.id()}))
-        .collect();
     let mut cycles = Vec::new();
     for t in &types {
         let of_type: Vec<(String, String)> = graph
@@ -319,7 +298,5 @@ pub async fn get_issue_graph(
             .collect();
         cycles.extend(crate::domain::links::find_cycles(&of_type));
     }
-    Ok(Json(
-        serde_json::json!({"nodes": nodes, "edges": edges, "cycles": cycles}),
-    ))
+    Ok(Json(render::graph(&ctx, &graph, &cycles)).into_response())
 }

@@ -48,6 +48,8 @@ pub struct AppState {
     pub info_timeout: std::time::Duration,
     /// The Sentry integration, when configured.
     pub sentry: Option<Arc<crate::integrations::sentry::Sentry>>,
+    /// Token → principal for a short time (`--auth-cache-ttl`).
+    pub principals: ctx::PrincipalCache,
 }
 
 impl AppState {
@@ -62,6 +64,7 @@ impl AppState {
             info: remote::info_cache(),
             info_timeout: std::time::Duration::from_secs(2),
             sentry: None,
+            principals: ctx::PrincipalCache::new(ctx::PrincipalCache::DEFAULT_TTL),
         }
     }
 }

@@ -1,13 +1,22 @@
 //! JSON shapes of the Tracker API. Every entity and nested reference carries `self` (absolute, in the request's
 //! version), `id`, and `key`/`display` where it has them; absent optional fields are omitted, never `null`.
 
-use serde_json::{Map, Value, json};
+//!
+//! The answers read most (an issue, a link, a list of links) are serialised from borrowed, typed views
+//! ([`IssueJson`], [`LinkJson`]) straight into the response bytes: no `serde_json::Value` tree, no `String` per `self`
+//! URL or date. The profile in `docs/benchmarks.md` found the `Value` trees were 43 % of a list of links. The rest
+//! build `Value`s, which is simpler where speed does not matter.
+
+use std::fmt;
+
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::{Value, json};
 
 use super::ctx::Ctx;
-use crate::domain::dates::format_ms;
+use crate::domain::dates::Millis;
 use crate::domain::links::LinkType;
 use crate::domain::{Named, Transition};
-use crate::store::{CustomField, Issue, IssueBrief, LinkView, Queue, User, UserRef};
+use crate::store::{CustomField, Graph, GraphNode, Issue, IssueBrief, LinkView, Queue, User, UserRef};
 
 /// `{self, id, display}` of a user.
 pub fn user_ref(ctx: &Ctx, u: &UserRef) -> Value {
@@ -49,11 +58,6 @@ pub fn type_ref(ctx: &Ctx, key: &str) -> Value {
     }
 }
 
-/// `{self, id, key, display}` of an issue.
-pub fn issue_ref(ctx: &Ctx, b: &IssueBrief) -> Value {
-    json!({"self": ctx.url(&format!("/issues/{}", b.key)), "id": b.id.to_string(), "key": b.key, "display": b.summary})
-}
-
 /// A queue reference.
 pub fn queue_ref(ctx: &Ctx, id: i64, key: &str, name: &str) -> Value {
     json!({"self": ctx.url(&format!("/queues/{key}")), "id": id.to_string(), "key": key, "display": name})
@@ -71,50 +75,99 @@ pub fn queue(ctx: &Ctx, q: &Queue) -> Value {
 }
 
 /// A full issue.
-pub fn issue(ctx: &Ctx, i: &Issue) -> Value {
-    let mut m = Map::new();
-    m.insert("self".into(), json!(ctx.url(&format!("/issues/{}", i.key))));
-    m.insert("id".into(), json!(i.id.to_string()));
-    m.insert("key".into(), json!(i.key));
-    m.insert("version".into(), json!(i.version));
-    m.insert("summary".into(), json!(i.summary));
-    if let Some(d) = &i.description {
-        m.insert("description".into(), json!(d));
-    }
-    m.insert("type".into(), type_ref(ctx, &i.ty));
-    m.insert("status".into(), status_ref(ctx, &i.status));
-    if let Some(r) = &i.resolution {
-        m.insert(
-            "resolution".into(),
-            json!({"self": ctx.url(&format!("/resolutions/{r}")), "id": r, "key": r, "display": r}),
-        );
-    }
-    m.insert("queue".into(), queue_ref(ctx, i.queue.0, &i.queue.1, &i.queue.2));
-    if let Some(a) = &i.assignee {
-        m.insert("assignee".into(), user_ref(ctx, a));
-    }
-    if let Some(p) = &i.parent {
-        m.insert("parent".into(), issue_ref(ctx, p));
-    }
-    m.insert("createdBy".into(), user_ref(ctx, &i.created_by));
-    m.insert("updatedBy".into(), user_ref(ctx, &i.updated_by));
-    m.insert("createdAt".into(), json!(format_ms(i.created_at)));
-    m.insert("updatedAt".into(), json!(format_ms(i.updated_at)));
-    if let Some(u) = &i.unique {
-        m.insert("unique".into(), json!(u));
-    }
-    for (k, v) in &i.custom {
-        let mut v = v.clone();
-        // A user-typed field is stored as `{id, display}`; give it its `self` like every other reference.
-        if let Value::Object(o) = &mut v
-            && o.len() == 2
-            && let (Some(Value::String(id)), true) = (o.get("id").cloned(), o.contains_key("display"))
-        {
-            o.insert("self".into(), json!(ctx.url(&format!("/users/{id}"))));
+pub fn issue<'a>(ctx: &'a Ctx, i: &'a Issue) -> IssueJson<'a> {
+    IssueJson { ctx, i }
+}
+
+/// An issue's JSON, serialised from the borrowed issue (see the module comment). Key order follows Tracker's.
+pub struct IssueJson<'a> {
+    ctx: &'a Ctx,
+    i: &'a Issue,
+}
+
+/// The fields an issue always or sometimes has: a custom field with one of these ids never shadows them.
+const ISSUE_FIELDS: [&str; 17] = [
+    "self",
+    "id",
+    "key",
+    "version",
+    "summary",
+    "description",
+    "type",
+    "status",
+    "resolution",
+    "queue",
+    "assignee",
+    "parent",
+    "createdBy",
+    "updatedBy",
+    "createdAt",
+    "updatedAt",
+    "unique",
+];
+
+impl Serialize for IssueJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (ctx, i) = (self.ctx, self.i);
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("self", &Href(ctx, "/issues/", &i.key))?;
+        m.serialize_entry("id", &IdStr(i.id))?;
+        m.serialize_entry("key", &i.key)?;
+        m.serialize_entry("version", &i.version)?;
+        m.serialize_entry("summary", &i.summary)?;
+        if let Some(d) = &i.description {
+            m.serialize_entry("description", d)?;
         }
-        m.entry(k.clone()).or_insert(v);
+        m.serialize_entry("type", &NamedJson::of_type(ctx, &i.ty))?;
+        m.serialize_entry("status", &NamedJson::of_status(ctx, &i.status))?;
+        if let Some(r) = &i.resolution {
+            m.serialize_entry("resolution", &NamedJson::plain(ctx, "/resolutions/", r))?;
+        }
+        m.serialize_entry(
+            "queue",
+            &RefJson {
+                href: Href(ctx, "/queues/", &i.queue.1),
+                id: IdStr(i.queue.0),
+                key: Some(&i.queue.1),
+                display: &i.queue.2,
+            },
+        )?;
+        if let Some(a) = &i.assignee {
+            m.serialize_entry("assignee", &UserRefJson(ctx, a))?;
+        }
+        if let Some(p) = &i.parent {
+            m.serialize_entry("parent", &IssueRefJson(ctx, p))?;
+        }
+        m.serialize_entry("createdBy", &UserRefJson(ctx, &i.created_by))?;
+        m.serialize_entry("updatedBy", &UserRefJson(ctx, &i.updated_by))?;
+        m.serialize_entry("createdAt", &Date(i.created_at))?;
+        m.serialize_entry("updatedAt", &Date(i.updated_at))?;
+        if let Some(u) = &i.unique {
+            m.serialize_entry("unique", u)?;
+        }
+        for (k, v) in &i.custom {
+            if ISSUE_FIELDS.contains(&k.as_str()) {
+                continue;
+            }
+            // A user-typed field is stored as `{id, display}`; give it its `self` like every other reference.
+            if let Value::Object(o) = v
+                && o.len() == 2
+                && let (Some(Value::String(id)), Some(display)) = (o.get("id"), o.get("display"))
+            {
+                m.serialize_entry(
+                    k,
+                    &UserValueJson {
+                        href: Href(ctx, "/users/", id),
+                        id,
+                        display,
+                    },
+                )?;
+            } else {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        m.end()
     }
-    Value::Object(m)
 }
 
 /// A link type.
@@ -123,25 +176,270 @@ pub fn link_type(ctx: &Ctx, t: LinkType) -> Value {
 }
 
 /// A link as seen from `view.this_key`; `with_object_state` adds the linked issue's `status` and `assignee`.
-pub fn link(ctx: &Ctx, l: &LinkView, with_object_state: bool) -> Value {
-    let mut v = json!({
-        "self": ctx.url(&format!("/issues/{}/links/{}", l.this_key, l.id)),
-        "id": l.id,
-        "type": link_type(ctx, l.ty),
-        "direction": l.direction.as_str(),
-        "object": issue_ref(ctx, &l.object),
-        "createdBy": user_ref(ctx, &l.created_by),
-        "updatedBy": user_ref(ctx, &l.updated_by),
-        "createdAt": format_ms(l.created_at),
-        "updatedAt": format_ms(l.updated_at),
-    });
-    if with_object_state {
-        v["status"] = status_ref(ctx, &l.object_status);
-        if let Some(a) = &l.object_assignee {
-            v["assignee"] = user_ref(ctx, a);
+pub fn link<'a>(ctx: &'a Ctx, l: &'a LinkView, with_object_state: bool) -> LinkJson<'a> {
+    LinkJson {
+        ctx,
+        l,
+        with_object_state,
+    }
+}
+
+/// A link's JSON, serialised from the borrowed view (see the module comment).
+pub struct LinkJson<'a> {
+    ctx: &'a Ctx,
+    l: &'a LinkView,
+    with_object_state: bool,
+}
+
+impl Serialize for LinkJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (ctx, l) = (self.ctx, self.l);
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("self", &Href(ctx, "/issues/", LinkPath(&l.this_key, l.id)))?;
+        m.serialize_entry("id", &l.id)?;
+        m.serialize_entry("type", &LinkTypeJson(ctx, l.ty))?;
+        m.serialize_entry("direction", l.direction.as_str())?;
+        m.serialize_entry("object", &IssueRefJson(ctx, &l.object))?;
+        m.serialize_entry("createdBy", &UserRefJson(ctx, &l.created_by))?;
+        m.serialize_entry("updatedBy", &UserRefJson(ctx, &l.updated_by))?;
+        m.serialize_entry("createdAt", &Date(l.created_at))?;
+        m.serialize_entry("updatedAt", &Date(l.updated_at))?;
+        if self.with_object_state {
+            m.serialize_entry("status", &NamedJson::of_status(ctx, &l.object_status))?;
+            if let Some(a) = &l.object_assignee {
+                m.serialize_entry("assignee", &UserRefJson(ctx, a))?;
+            }
+        }
+        m.end()
+    }
+}
+
+/// The dependency graph of an issue (contract §9): `{nodes, edges, cycles}`.
+pub fn graph<'a>(ctx: &'a Ctx, g: &'a Graph, cycles: &'a [Vec<String>]) -> GraphJson<'a> {
+    GraphJson {
+        nodes: g.nodes.iter().map(|n| GraphNodeJson(ctx, n)).collect(),
+        edges: g
+            .edges
+            .iter()
+            .map(|(from, to, t)| EdgeJson { from, to, ty: t.id() })
+            .collect(),
+        cycles,
+    }
+}
+
+/// A graph's JSON (see the module comment).
+#[derive(serde::Serialize)]
+pub struct GraphJson<'a> {
+    nodes: Vec<GraphNodeJson<'a>>,
+    edges: Vec<EdgeJson<'a>>,
+    cycles: &'a [Vec<String>],
+}
+
+/// A node: the issue's reference plus `summary`, `status` and `assignee`.
+struct GraphNodeJson<'a>(&'a Ctx, &'a GraphNode);
+
+impl Serialize for GraphNodeJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (ctx, n) = (self.0, self.1);
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("self", &Href(ctx, "/issues/", &n.issue.key))?;
+        m.serialize_entry("id", &IdStr(n.issue.id))?;
+        m.serialize_entry("key", &n.issue.key)?;
+        m.serialize_entry("display", &n.issue.summary)?;
+        m.serialize_entry("summary", &n.issue.summary)?;
+        m.serialize_entry("status", &NamedJson::of_status(ctx, &n.status))?;
+        if let Some(a) = &n.assignee {
+            m.serialize_entry("assignee", &UserRefJson(ctx, a))?;
+        }
+        m.end()
+    }
+}
+
+/// An edge: outward key, inward key, link type.
+#[derive(serde::Serialize)]
+struct EdgeJson<'a> {
+    from: &'a str,
+    to: &'a str,
+    #[serde(rename = "type")]
+    ty: &'a str,
+}
+
+// -- borrowed pieces of the typed views --------------------------------------------------------------------------
+
+/// An absolute API URL `{base}/{version}{prefix}{tail}`, written straight into the output.
+struct Href<'a, T: fmt::Display>(&'a Ctx, &'static str, T);
+
+impl<T: fmt::Display> Serialize for Href<'_, T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!(
+            "{}/{}{}{}",
+            self.0.base(),
+            self.0.version(),
+            self.1,
+            self.2
+        ))
+    }
+}
+
+/// `{issue key}/links/{link id}`, the tail of a link's `self`.
+struct LinkPath<'a>(&'a str, i64);
+
+impl fmt::Display for LinkPath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/links/{}", self.0, self.1)
+    }
+}
+
+/// A numeric id written as a JSON string, as Tracker does for references.
+struct IdStr(i64);
+
+impl Serialize for IdStr {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+/// A date in Tracker's format (`2014-06-18T12:06:02.401+0000`).
+struct Date(Millis);
+
+impl Serialize for Date {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&crate::domain::dates::Formatted(self.0))
+    }
+}
+
+/// `{self, id, key?, display}`: the shape of every nested reference.
+#[derive(serde::Serialize)]
+struct RefJson<'a, T: fmt::Display> {
+    #[serde(rename = "self")]
+    href: Href<'a, T>,
+    id: IdStr,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    display: &'a str,
+}
+
+/// `{self, id, display}` of a user.
+struct UserRefJson<'a>(&'a Ctx, &'a UserRef);
+
+impl Serialize for UserRefJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let u = self.1;
+        RefJson {
+            href: Href(self.0, "/users/", u.uid),
+            id: IdStr(u.uid),
+            key: None,
+            display: &u.display,
+        }
+        .serialize(s)
+    }
+}
+
+/// A user-typed custom field value stored as `{id, display}`, given its `self`.
+#[derive(serde::Serialize)]
+struct UserValueJson<'a> {
+    #[serde(rename = "self")]
+    href: Href<'a, &'a String>,
+    id: &'a String,
+    display: &'a Value,
+}
+
+/// `{self, id, key, display}` of an issue.
+struct IssueRefJson<'a>(&'a Ctx, &'a IssueBrief);
+
+impl Serialize for IssueRefJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let b = self.1;
+        RefJson {
+            href: Href(self.0, "/issues/", &b.key),
+            id: IdStr(b.id),
+            key: Some(&b.key),
+            display: &b.summary,
+        }
+        .serialize(s)
+    }
+}
+
+/// A status, issue type or resolution reference: `{self, id, key, display}`; an unknown key renders as its key.
+#[derive(serde::Serialize)]
+struct NamedJson<'a> {
+    #[serde(rename = "self")]
+    href: Href<'a, NamedId<'a>>,
+    id: NamedId<'a>,
+    key: &'a str,
+    display: &'a str,
+}
+
+/// The id of a known status or type (a number, written as a string), or the key of an unknown one.
+#[derive(Clone, Copy)]
+enum NamedId<'a> {
+    Num(i64),
+    Key(&'a str),
+}
+
+impl fmt::Display for NamedId<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NamedId::Num(n) => write!(f, "{n}"),
+            NamedId::Key(k) => f.write_str(k),
         }
     }
-    v
+}
+
+impl Serialize for NamedId<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'a> NamedJson<'a> {
+    fn of(ctx: &'a Ctx, prefix: &'static str, known: Option<&'a Named>, key: &'a str) -> NamedJson<'a> {
+        match known {
+            Some(n) => {
+                let id = NamedId::Num(n.id);
+                NamedJson {
+                    href: Href(ctx, prefix, id),
+                    id,
+                    key: n.key,
+                    display: n.display,
+                }
+            }
+            None => NamedJson::plain(ctx, prefix, key),
+        }
+    }
+
+    fn plain(ctx: &'a Ctx, prefix: &'static str, key: &'a str) -> NamedJson<'a> {
+        let id = NamedId::Key(key);
+        NamedJson {
+            href: Href(ctx, prefix, id),
+            id,
+            key,
+            display: key,
+        }
+    }
+
+    fn of_status(ctx: &'a Ctx, key: &'a str) -> NamedJson<'a> {
+        NamedJson::of(ctx, "/statuses/", crate::domain::status(key), key)
+    }
+
+    fn of_type(ctx: &'a Ctx, key: &'a str) -> NamedJson<'a> {
+        NamedJson::of(ctx, "/issuetypes/", crate::domain::issue_type(key), key)
+    }
+}
+
+/// A link type: `{self, id, inward, outward}`.
+struct LinkTypeJson<'a>(&'a Ctx, LinkType);
+
+impl Serialize for LinkTypeJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (ctx, t) = (self.0, self.1);
+        let mut m = s.serialize_map(Some(4))?;
+        m.serialize_entry("self", &Href(ctx, "/linktypes/", t.id()))?;
+        m.serialize_entry("id", t.id())?;
+        m.serialize_entry("inward", t.inward())?;
+        m.serialize_entry("outward", t.outward())?;
+        m.end()
+    }
 }
 
 /// A transition of an issue.

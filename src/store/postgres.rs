@@ -1,6 +1,8 @@
-//! PostgreSQL, for several stateless replicas. Row-level rules rely on unique indexes; rules that span many rows
-//! (no cycle through `depends` or `subtask`, one epic, one parent) also take a transaction-scoped advisory lock per
-//! organization, so racing transactions — in one process or several — check them one after another.
+//! PostgreSQL, for several stateless replicas. Row-level rules rely on unique indexes (one link per pair, one parent,
+//! one epic); the rules that span many rows (no cycle through `depends`, no cycle in the subtask tree) take a
+//! transaction-scoped advisory lock per organization and graph, so racing transactions — in one process or several
+//! — check them one after another. `relates`, `duplicates` and `epic` links take no such lock (an issue's type,
+//! which the epic rules read, never changes).
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
@@ -27,6 +29,9 @@ impl PgStore {
     /// How the outbox claim locks the rows it picks.
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
 
+    /// Whether a batch of link imports needs a savepoint per record (see `import_links`).
+    const SAVEPOINT_PER_RECORD: bool = true;
+
     fn read(&self) -> &PgPool {
         &self.pool
     }
@@ -39,9 +44,13 @@ impl PgStore {
         self.pool.begin().await
     }
 
-    async fn lock_graph(tx: &mut sqlx::Transaction<'static, sqlx::Postgres>, org: &OrgId) -> Result<()> {
+    async fn lock_graph(
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        org: &OrgId,
+        rule: CycleRule,
+    ) -> Result<()> {
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(format!("tether.links.{org}"))
+            .bind(format!("tether.links.{org}.{}", rule.name()))
             .execute(&mut **tx)
             .await?;
         Ok(())

@@ -69,6 +69,9 @@ impl SqliteStore {
     /// How the outbox claim locks the rows it picks.
     const SKIP_LOCKED: &'static str = "";
 
+    /// Whether a batch of link imports needs a savepoint per record (see `import_links`).
+    const SAVEPOINT_PER_RECORD: bool = false;
+
     fn read(&self) -> &SqlitePool {
         &self.reader
     }
@@ -83,7 +86,11 @@ impl SqliteStore {
         self.writer.begin_with("BEGIN IMMEDIATE").await
     }
 
-    async fn lock_graph(_tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>, _org: &OrgId) -> Result<()> {
+    async fn lock_graph(
+        _tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        _org: &OrgId,
+        _rule: CycleRule,
+    ) -> Result<()> {
         Ok(())
     }
 }
