@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Where the time of Tether's hot paths goes: the release server under `valgrind --tool=callgrind`, instrumented
-only while it answers N requests of one scenario (create link, get issue), sent one at a time from 127.0.0.1.
+only while it answers N requests of one scenario (create link, get issue, list of 50 links), sent one at a time from 127.0.0.1.
 
 callgrind counts instructions (Ir), not seconds: the figures repeat whatever else the machine is doing, and they
 miss time spent waiting (fsync, locks, the network). Then, where `perf record -e cpu-clock` works, the real server
@@ -210,6 +210,15 @@ def main():
                                                  "description": "Read by the get-issue scenario. " * 8,
                                                  "assignee": "admin", "parent": keys[-1]})
         one = json.loads(raw)["key"]
+        # An issue with 50 links of mixed types, for the list-of-links scenario.
+        targets = bench.import_issues(srv.port, [{"queue": "BENCH", "summary": f"hub target {i}",
+                                                  "createdAt": "2020-01-01T00:00:00.000+0000", "createdBy": "admin"}
+                                                 for i in range(50)], workers=2)
+        _, raw = api.call("POST", "/v2/issues", {"queue": "BENCH", "summary": "The hub", "assignee": "admin"})
+        hub = json.loads(raw)["key"]
+        for i, t in enumerate(targets):
+            rel = ("relates", "depends on", "is dependent by")[i % 3]
+            api.call("POST", f"/v2/issues/{hub}/links", {"relationship": rel, "issue": t})
     finally:
         srv.stop()
     pairs = [(keys[2 * i], keys[2 * i + 1]) for i in range(n + warm)]
@@ -217,6 +226,7 @@ def main():
         run_scenario("create-link", db_url, [("POST", f"/v2/issues/{x}/links", {"relationship": "depends on", "issue": y})
                                              for x, y in pairs], n, outdir, warm),
         run_scenario("get-issue", db_url, [("GET", f"/v2/issues/{one}", None)] * (n + warm), n, outdir, warm),
+        run_scenario("list-links", db_url, [("GET", f"/v2/issues/{hub}/links", None)] * (n + warm), n, outdir, warm),
     ]
     perf = []
     if shutil.which("perf") and subprocess.run(["perf", "record", "-e", "cpu-clock", "-o", os.devnull, "true"],
