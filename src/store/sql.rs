@@ -745,19 +745,14 @@ macro_rules! impl_store {
                     Err(e) => return Err(e.into()),
                 };
                 if !new.import {
-                    // One statement for both issues. On PostgreSQL the subquery locks the two rows in id order, so two
-                    // transactions touching the same pair never wait on each other in a circle.
-                    let sql = format!(
-                        "UPDATE issues SET updated_at = $3 WHERE id IN \
-                         (SELECT id FROM issues WHERE id IN ($1, $2) ORDER BY id{})",
-                        Self::FOR_UPDATE
-                    );
-                    sqlx::query(sqlx::AssertSqlSafe(sql))
-                        .bind(new.this)
-                        .bind(new.other)
-                        .bind(new.created.1)
-                        .execute(&mut **tx)
-                        .await?;
+                    // In id order, so two transactions touching the same pair never wait on each other in a circle.
+                    for issue in [new.this.min(new.other), new.this.max(new.other)] {
+                        sqlx::query("UPDATE issues SET updated_at = $2 WHERE id = $1")
+                            .bind(issue)
+                            .bind(new.created.1)
+                            .execute(&mut **tx)
+                            .await?;
+                    }
                 }
                 Ok(id)
             }
