@@ -1,11 +1,10 @@
 //! JSON shapes of the Tracker API. Every entity and nested reference carries `self` (absolute, in the request's
 //! version), `id`, and `key`/`display` where it has them; absent optional fields are omitted, never `null`.
-
 //!
-//! The answers read most (an issue, a link, a list of links) are serialised from borrowed, typed views
-//! ([`IssueJson`], [`LinkJson`]) straight into the response bytes: no `serde_json::Value` tree, no `String` per `self`
-//! URL or date. The profile in `docs/benchmarks.md` found the `Value` trees were 43 % of a list of links. The rest
-//! build `Value`s, which is simpler where speed does not matter.
+//! The answers read most (an issue, a link, a list of links, a graph) are serialised from borrowed, typed views
+//! ([`IssueJson`], [`LinkJson`], [`GraphJson`]) straight into the response bytes: no `serde_json::Value` tree, no
+//! `String` per `self` URL or date. The profile in `docs/benchmarks.md` found the `Value` trees were 43 % of a list
+//! of links. The rest build `Value`s, which is simpler where speed does not matter.
 
 use std::fmt;
 
