@@ -132,13 +132,13 @@ impl Serialize for IssueJson<'_> {
             },
         )?;
         if let Some(a) = &i.assignee {
-            m.serialize_entry("assignee", &UserRefJson(ctx, a))?;
+            m.serialize_entry("assignee", &user_ref_json(ctx, a))?;
         }
         if let Some(p) = &i.parent {
-            m.serialize_entry("parent", &IssueRefJson(ctx, p))?;
+            m.serialize_entry("parent", &issue_ref_json(ctx, p))?;
         }
-        m.serialize_entry("createdBy", &UserRefJson(ctx, &i.created_by))?;
-        m.serialize_entry("updatedBy", &UserRefJson(ctx, &i.updated_by))?;
+        m.serialize_entry("createdBy", &user_ref_json(ctx, &i.created_by))?;
+        m.serialize_entry("updatedBy", &user_ref_json(ctx, &i.updated_by))?;
         m.serialize_entry("createdAt", &Date(i.created_at))?;
         m.serialize_entry("updatedAt", &Date(i.updated_at))?;
         if let Some(u) = &i.unique {
@@ -198,15 +198,15 @@ impl Serialize for LinkJson<'_> {
         m.serialize_entry("id", &l.id)?;
         m.serialize_entry("type", &LinkTypeJson(ctx, l.ty))?;
         m.serialize_entry("direction", l.direction.as_str())?;
-        m.serialize_entry("object", &IssueRefJson(ctx, &l.object))?;
-        m.serialize_entry("createdBy", &UserRefJson(ctx, &l.created_by))?;
-        m.serialize_entry("updatedBy", &UserRefJson(ctx, &l.updated_by))?;
+        m.serialize_entry("object", &issue_ref_json(ctx, &l.object))?;
+        m.serialize_entry("createdBy", &user_ref_json(ctx, &l.created_by))?;
+        m.serialize_entry("updatedBy", &user_ref_json(ctx, &l.updated_by))?;
         m.serialize_entry("createdAt", &Date(l.created_at))?;
         m.serialize_entry("updatedAt", &Date(l.updated_at))?;
         if self.with_object_state {
             m.serialize_entry("status", &NamedJson::of_status(ctx, &l.object_status))?;
             if let Some(a) = &l.object_assignee {
-                m.serialize_entry("assignee", &UserRefJson(ctx, a))?;
+                m.serialize_entry("assignee", &user_ref_json(ctx, a))?;
             }
         }
         m.end()
@@ -248,7 +248,7 @@ impl Serialize for GraphNodeJson<'_> {
         m.serialize_entry("summary", &n.issue.summary)?;
         m.serialize_entry("status", &NamedJson::of_status(ctx, &n.status))?;
         if let Some(a) = &n.assignee {
-            m.serialize_entry("assignee", &UserRefJson(ctx, a))?;
+            m.serialize_entry("assignee", &user_ref_json(ctx, a))?;
         }
         m.end()
     }
@@ -319,18 +319,12 @@ struct RefJson<'a, T: fmt::Display> {
 }
 
 /// `{self, id, display}` of a user.
-struct UserRefJson<'a>(&'a Ctx, &'a UserRef);
-
-impl Serialize for UserRefJson<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let u = self.1;
-        RefJson {
-            href: Href(self.0, "/users/", u.uid),
-            id: IdStr(u.uid),
-            key: None,
-            display: &u.display,
-        }
-        .serialize(s)
+fn user_ref_json<'a>(ctx: &'a Ctx, u: &'a UserRef) -> RefJson<'a, i64> {
+    RefJson {
+        href: Href(ctx, "/users/", u.uid),
+        id: IdStr(u.uid),
+        key: None,
+        display: &u.display,
     }
 }
 
@@ -344,18 +338,12 @@ struct UserValueJson<'a> {
 }
 
 /// `{self, id, key, display}` of an issue.
-struct IssueRefJson<'a>(&'a Ctx, &'a IssueBrief);
-
-impl Serialize for IssueRefJson<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let b = self.1;
-        RefJson {
-            href: Href(self.0, "/issues/", &b.key),
-            id: IdStr(b.id),
-            key: Some(&b.key),
-            display: &b.summary,
-        }
-        .serialize(s)
+fn issue_ref_json<'a>(ctx: &'a Ctx, b: &'a IssueBrief) -> RefJson<'a, &'a String> {
+    RefJson {
+        href: Href(ctx, "/issues/", &b.key),
+        id: IdStr(b.id),
+        key: Some(&b.key),
+        display: &b.summary,
     }
 }
 

@@ -24,6 +24,14 @@ impl CycleRule {
             CycleRule::Subtask => "subtask",
         }
     }
+
+    /// Its reachability statement.
+    pub(super) fn reaches_sql(self) -> &'static str {
+        match self {
+            CycleRule::Depends => REACHES_DEPENDS,
+            CycleRule::Subtask => REACHES_SUBTASK,
+        }
+    }
 }
 
 use serde_json::Value;
@@ -461,7 +469,7 @@ macro_rules! impl_store {
         use crate::store::sql::{
             apply_field_edits, custom_to_db, field_type_from_db, link_conflict, new_event_key, AppRow, FieldRow, CycleRule,
             IssueRow, LinkRow, PrincipalRow, QueueRow, RemoteRow, APP_SELECT, EVENT_COLUMNS, ISSUE_SELECT,
-            LINK_SELECT, QUEUE_SELECT, REACHES_DEPENDS, REACHES_SUBTASK, REMOTE_SELECT,
+            LINK_SELECT, QUEUE_SELECT, REMOTE_SELECT,
         };
         use crate::store::{
             Application, CustomField, ImportIssue, Issue, IssueFilter, IssueOrder, IssuePatch, LinkView, Locator,
@@ -703,14 +711,14 @@ macro_rules! impl_store {
                         if let Some(p) = parent {
                             return Err(Error::rule("relationship", format!("Issue {} already has a parent issue {p}", key(inward))));
                         }
-                        if Self::reaches(tx, inward, LinkType::Subtask, outward).await? {
+                        if Self::reaches(tx, inward, CycleRule::Subtask, outward).await? {
                             return Err(Error::rule(
                                 "relationship",
                                 format!("Issue {} is a sub-issue of {}: the link would make a cycle", key(outward), key(inward)),
                             ));
                         }
                     }
-                    LinkType::Depends if !new.import && Self::reaches(tx, inward, LinkType::Depends, outward).await? => {
+                    LinkType::Depends if !new.import && Self::reaches(tx, inward, CycleRule::Depends, outward).await? => {
                         return Err(Error::rule(
                             "relationship",
                             format!(
@@ -827,13 +835,8 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn reaches(tx: &mut sqlx::Transaction<'static, $db>, from: i64, ty: LinkType, to: i64) -> Result<bool> {
-                let sql = match ty {
-                    LinkType::Depends => REACHES_DEPENDS,
-                    LinkType::Subtask => REACHES_SUBTASK,
-                    other => return Err(Error::Internal(anyhow::anyhow!("no cycle rule for {other:?} links"))),
-                };
-                let n: i64 = sqlx::query_scalar(sql).bind(from).bind(to).fetch_one(&mut **tx).await?;
+            async fn reaches(tx: &mut sqlx::Transaction<'static, $db>, from: i64, rule: CycleRule, to: i64) -> Result<bool> {
+                let n: i64 = sqlx::query_scalar(rule.reaches_sql()).bind(from).bind(to).fetch_one(&mut **tx).await?;
                 Ok(n > 0)
             }
 
