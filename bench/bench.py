@@ -164,10 +164,10 @@ class Server:
                 self.p.wait()
 
 
-def tether(name, db_url, sync, logdir):
+def tether(name, db_url, sync, logdir, extra_env=None):
     port = free_port()
     argv = [TETHER, "--database-url", db_url, "--sqlite-synchronous", sync, "serve", "--listen", f"127.0.0.1:{port}"]
-    env = {"TETHER_BOOTSTRAP_ORG_ID": ORG, "TETHER_BOOTSTRAP_TOKEN": TOKEN, "RUST_LOG": "warn"}
+    env = {"TETHER_BOOTSTRAP_ORG_ID": ORG, "TETHER_BOOTSTRAP_TOKEN": TOKEN, "RUST_LOG": "warn", **(extra_env or {})}
     return Server(name, argv, port, env, logdir)
 
 
@@ -429,6 +429,17 @@ class Bench:
                      lambda: floor_json(files["graph"], 200, self.out), cycle=True, notes="floor 1 (fixed body)")
         self.results["memory"]["tether_sqlite_normal"] = srv.mem()
         log(f"tether (SQLite, normal) memory after the runs: {srv.mem()}")
+        srv.stop()
+
+        # The same reads with the read cache off (an environment variable, so that a server without the cache
+        # starts too): what a read costs when its answer is not kept, e.g. the first read after a write.
+        srv = tether("tether-sqlite-nocache", url, "normal", self.out, {"TETHER_READ_CACHE_TTL": "0s"})
+        for label, name, req in (("list links (50), read cache off", "list", "list.tsv"),
+                                 ("get issue, read cache off", "get", "get.tsv"),
+                                 ("dependency graph, read cache off", "graph", "graph.tsv")):
+            self.measure(label, srv, self.path(req), lambda name=name: floor_json(files[name], 200, self.out),
+                         cycle=True, concs=(16,), notes="floor 1 (fixed body)")
+        self.results["memory"]["tether_sqlite_nocache"] = srv.mem()
         srv.stop()
 
         # synchronous=full: the same database, restarted with the other setting.

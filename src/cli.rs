@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start the HTTP server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Organizations.
     #[command(subcommand)]
     Org(OrgCommand),
@@ -107,6 +107,14 @@ pub struct ServeArgs {
     /// through another process, or a membership changed with the CLI, takes effect here within this time.
     #[arg(long, env = "TETHER_AUTH_CACHE_TTL", default_value = "2s", value_parser = humantime::parse_duration)]
     pub auth_cache_ttl: std::time::Duration,
+    /// How long the API may serve a kept answer of an issue read (an issue, its links, its graph) while nothing was
+    /// written (`0s` turns it off). Every write of this server makes them stale at once; a write of another process
+    /// to the same SQLite file (a CLI command) shows within this time. PostgreSQL answers are never kept.
+    #[arg(long, env = "TETHER_READ_CACHE_TTL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub read_cache_ttl: std::time::Duration,
+    /// Bound on the bodies of the kept answers, in bytes.
+    #[arg(long, env = "TETHER_READ_CACHE_SIZE", default_value_t = 32 * 1024 * 1024)]
+    pub read_cache_size: u64,
     /// Timeout of one outbox delivery attempt (`10s`, `500ms`).
     #[arg(long, env = "TETHER_OUTBOX_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub outbox_timeout: std::time::Duration,
@@ -241,7 +249,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         .await
         .context("cannot open the database")?;
     match cli.command {
-        Command::Serve(args) => serve(store, args).await,
+        Command::Serve(args) => serve(store, *args).await,
         Command::Org(OrgCommand::Create { id, name }) => {
             let org = OrgId::parse(&id).context("an organization id is 1-64 of [A-Za-z0-9_-]")?;
             store.create_org(&org, name.as_deref().unwrap_or(&id), now_ms()).await?;
@@ -372,6 +380,7 @@ async fn serve(store: DynStore, args: ServeArgs) -> anyhow::Result<()> {
     let mut state = crate::AppState::new(store, &base);
     state.body_limit = args.body_limit;
     state.principals = crate::http::ctx::PrincipalCache::new(args.auth_cache_ttl);
+    state.answers = crate::http::answers::ReadCache::new(args.read_cache_ttl, args.read_cache_size);
     let sentry_org = match &args.sentry_org_id {
         Some(o) => Some(OrgId::parse(o).context("TETHER_SENTRY_ORG_ID must be an organization id")?),
         None => None,

@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{OriginalUri, State};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
@@ -270,10 +270,22 @@ pub async fn history_pair(
 }
 
 /// `GET /issues/{issue}`.
-pub async fn get_issue(State(st): State<AppState>, ctx: Ctx, Path(which): Path<String>) -> Result<Response> {
-    let issue = load_issue(&st, &ctx, &which).await?;
+pub async fn get_issue(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
+    Path(which): Path<String>,
+) -> Result<Response> {
+    st.answers
+        .answer(&st.store, &ctx, &method, &uri, get_issue_fresh(&st, &ctx, which))
+        .await
+}
+
+async fn get_issue_fresh(st: &AppState, ctx: &Ctx, which: String) -> Result<Response> {
+    let issue = load_issue(st, ctx, &which).await?;
     ctx.authorize()?;
-    Ok(Json(render::issue(&ctx, &issue)).into_response())
+    Ok(Json(render::issue(ctx, &issue)).into_response())
 }
 
 fn if_match(headers: &HeaderMap) -> Result<Option<i64>> {

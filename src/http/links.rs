@@ -1,8 +1,8 @@
 //! Links between issues (contract §5) and link import (§6).
 
 use axum::Json;
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{OriginalUri, State};
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
@@ -172,14 +172,22 @@ pub async fn import_link(
 pub async fn list_links(
     State(st): State<AppState>,
     ctx: Ctx,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
     Path(which): Path<String>,
     q: super::ctx::Query,
 ) -> Result<Response> {
-    let this = load_issue(&st, &ctx, &which).await?;
+    st.answers
+        .answer(&st.store, &ctx, &method, &uri, list_links_fresh(&st, &ctx, which, q))
+        .await
+}
+
+async fn list_links_fresh(st: &AppState, ctx: &Ctx, which: String, q: super::ctx::Query) -> Result<Response> {
+    let this = load_issue(st, ctx, &which).await?;
     ctx.authorize()?;
     let links = st.store.list_links(&ctx.org, this.id).await?;
     if q.get("perPage").is_none() {
-        return Ok(Json(links.iter().map(|l| render::link(&ctx, l, true)).collect::<Vec<_>>()).into_response());
+        return Ok(Json(links.iter().map(|l| render::link(ctx, l, true)).collect::<Vec<_>>()).into_response());
     }
     let page = q.page()?;
     let total = links.len() as i64;
@@ -187,9 +195,9 @@ pub async fn list_links(
     let end = start
         .saturating_add(usize::try_from(page.per_page).unwrap_or(0))
         .min(links.len());
-    let items: Vec<_> = links[start..end].iter().map(|l| render::link(&ctx, l, true)).collect();
+    let items: Vec<_> = links[start..end].iter().map(|l| render::link(ctx, l, true)).collect();
     Ok(super::ctx::paginated(
-        &ctx,
+        ctx,
         &format!("/issues/{}/links", this.key),
         &q,
         page,
@@ -207,9 +215,17 @@ fn link_id(s: &str) -> Result<i64> {
 pub async fn get_link(
     State(st): State<AppState>,
     ctx: Ctx,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
     Path((which, link)): Path<(String, String)>,
 ) -> Result<Response> {
-    let this = load_issue(&st, &ctx, &which).await?;
+    st.answers
+        .answer(&st.store, &ctx, &method, &uri, get_link_fresh(&st, &ctx, which, link))
+        .await
+}
+
+async fn get_link_fresh(st: &AppState, ctx: &Ctx, which: String, link: String) -> Result<Response> {
+    let this = load_issue(st, ctx, &which).await?;
     let id = link_id(&link)?;
     let view = st
         .store
@@ -217,7 +233,7 @@ pub async fn get_link(
         .await?
         .ok_or_else(|| Error::not_found("link", format!("Link {link} does not exist on {}", this.key)))?;
     ctx.authorize()?;
-    Ok(Json(render::link(&ctx, &view, true)).into_response())
+    Ok(Json(render::link(ctx, &view, true)).into_response())
 }
 
 /// `DELETE /issues/{issue}/links/{link}` → 204, from either side.
@@ -251,10 +267,24 @@ pub async fn delete_link(
 pub async fn get_issue_graph(
     State(st): State<AppState>,
     ctx: Ctx,
+    method: Method,
+    OriginalUri(uri): OriginalUri,
     Path(which): Path<String>,
     q: super::ctx::Query,
 ) -> Result<Response> {
-    let root = load_issue(&st, &ctx, &which).await?;
+    st.answers
+        .answer(
+            &st.store,
+            &ctx,
+            &method,
+            &uri,
+            get_issue_graph_fresh(&st, &ctx, which, q),
+        )
+        .await
+}
+
+async fn get_issue_graph_fresh(st: &AppState, ctx: &Ctx, which: String, q: super::ctx::Query) -> Result<Response> {
+    let root = load_issue(st, ctx, &which).await?;
     ctx.authorize()?;
     let types: Vec<LinkType> = match q.get("types") {
         None | Some("") => vec![LinkType::Depends, LinkType::Subtask, LinkType::Epic],
@@ -298,5 +328,5 @@ pub async fn get_issue_graph(
             .collect();
         cycles.extend(crate::domain::links::find_cycles(&of_type));
     }
-    Ok(Json(render::graph(&ctx, &graph, &cycles)).into_response())
+    Ok(Json(render::graph(ctx, &graph, &cycles)).into_response())
 }

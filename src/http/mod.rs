@@ -1,6 +1,7 @@
 //! The HTTP API. `routes!` below is the one list of every route: it builds the router, tags each route with the
 //! role it requires (read back by the `Ctx` extractor) and feeds the OpenAPI document, so the three cannot drift.
 
+pub mod answers;
 pub mod bulk;
 mod core;
 pub mod ctx;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub sentry: Option<Arc<crate::integrations::sentry::Sentry>>,
     /// Token → principal for a short time (`--auth-cache-ttl`).
     pub principals: ctx::PrincipalCache,
+    /// Answers of the issue reads until the next write (`--read-cache-ttl`, `--read-cache-size`).
+    pub answers: answers::ReadCache,
 }
 
 impl AppState {
@@ -65,6 +68,7 @@ impl AppState {
             info_timeout: std::time::Duration::from_secs(2),
             sentry: None,
             principals: ctx::PrincipalCache::new(ctx::PrincipalCache::DEFAULT_TTL),
+            answers: answers::ReadCache::new(answers::ReadCache::DEFAULT_TTL, answers::ReadCache::DEFAULT_SIZE),
         }
     }
 }

@@ -551,6 +551,22 @@ pub struct SentryLink {
     pub at: Millis,
 }
 
+/// A point in the sequence of a store's writes, read before an answer is computed from the database.
+///
+/// `generation` changes when a write takes the writer connection and again when the connection is back in the
+/// pool, which is after its `COMMIT` or `ROLLBACK` has run (sqlx pings the connection before it releases it, even
+/// when the future that used it was dropped half-way). `quiet` says that no write held the connection. An answer
+/// read while quiet, with the same generation before and after, shows the database as it is until the next write
+/// starts; an answer cached under a generation is never served under another, so a write is seen by every read that
+/// starts after the write was acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadEpoch {
+    /// Changes at the start and at the end of every write.
+    pub generation: u64,
+    /// No write was under way.
+    pub quiet: bool,
+}
+
 /// The shared store handle.
 pub type DynStore = Arc<dyn Store>;
 
@@ -561,6 +577,10 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<()>;
     /// Which backend this is (`sqlite` or `postgres`).
     fn backend(&self) -> &'static str;
+    /// Where this process stands in the sequence of its own writes, when every write that matters goes through
+    /// it (SQLite: one writer connection); `None` when other processes write too (PostgreSQL replicas). The read
+    /// cache of the API keys its answers by it (see [`ReadEpoch`]).
+    fn read_epoch(&self) -> Option<ReadEpoch>;
 
     /// On an empty database, once even when processes race: creates the organization, the `admin` user and a token
     /// with this hash. Returns whether this call did it.

@@ -32,6 +32,11 @@ impl PgStore {
     /// Whether a batch of link imports needs a savepoint per record (see `import_links`).
     const SAVEPOINT_PER_RECORD: bool = true;
 
+    /// Other replicas write to the same database, so this process cannot know when an answer goes stale.
+    fn epoch(&self) -> Option<crate::store::ReadEpoch> {
+        None
+    }
+
     fn read(&self) -> &PgPool {
         &self.pool
     }

@@ -868,6 +868,10 @@ macro_rules! impl_store {
                 $backend
             }
 
+            fn read_epoch(&self) -> Option<crate::store::ReadEpoch> {
+                self.epoch()
+            }
+
             async fn bootstrap(&self, org: &OrgId, token_hash: &str, at: Millis) -> Result<bool> {
                 let mut tx = self.write().await?;
                 let first = sqlx::query("INSERT INTO meta (key, value) VALUES ('bootstrap', $1) ON CONFLICT DO NOTHING")
@@ -1984,6 +1988,17 @@ macro_rules! impl_store {
             }
 
             async fn claim_events(&self, now: Millis, lease_ms: i64, limit: i64) -> Result<Vec<OutboxEvent>> {
+                // A read first: an idle outbox costs no write transaction per poll (on SQLite every write also makes
+                // the API's kept answers stale).
+                let due: Option<i32> = sqlx::query_scalar(
+                    "SELECT 1 FROM outbox WHERE state = 'pending' AND next_attempt_at <= $1 LIMIT 1",
+                )
+                .bind(now)
+                .fetch_optional(self.read())
+                .await?;
+                if due.is_none() {
+                    return Ok(Vec::new());
+                }
                 let sql = format!(
                     "UPDATE outbox SET locked_until = $2, attempts = attempts + 1, updated_at = $1 WHERE id IN ( \
                      SELECT o.id FROM outbox o WHERE o.state = 'pending' AND o.next_attempt_at <= $1 \

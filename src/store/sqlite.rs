@@ -2,6 +2,8 @@
 //! runs serially without retries; reads use a small pool of read-only connections.
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
@@ -19,6 +21,9 @@ pub enum Synchronous {
 pub struct SqliteStore {
     reader: SqlitePool,
     writer: SqlitePool,
+    /// See [`crate::store::ReadEpoch`]: bumped when the writer connection is handed out or opened, and when it is
+    /// back in the pool.
+    generation: Arc<AtomicU64>,
 }
 
 impl SqliteStore {
@@ -50,17 +55,40 @@ impl SqliteStore {
             Ok(f)
         })
         .await??;
+        let generation = Arc::new(AtomicU64::new(0));
+        let (on_connect, on_acquire, on_release) = (generation.clone(), generation.clone(), generation.clone());
+        // No ping before handing out a connection (sqlx's default): an embedded database cannot have hung up,
+        // and each ping is a round trip to the connection's worker thread on every request.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
+            .after_connect(move |_, _| {
+                on_connect.fetch_add(1, Ordering::SeqCst);
+                Box::pin(async { Ok(()) })
+            })
+            .before_acquire(move |_, _| {
+                on_acquire.fetch_add(1, Ordering::SeqCst);
+                Box::pin(async { Ok(true) })
+            })
+            // Runs before sqlx's release ping, while the connection is still out of the pool (not quiet).
+            .after_release(move |_, _| {
+                on_release.fetch_add(1, Ordering::SeqCst);
+                Box::pin(async { Ok(true) })
+            })
             .connect_with(opts.clone())
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&writer).await?;
         drop(lock);
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
+            .test_before_acquire(false)
             .connect_with(opts.read_only(true))
             .await?;
-        Ok(SqliteStore { reader, writer })
+        Ok(SqliteStore {
+            reader,
+            writer,
+            generation,
+        })
     }
 
     /// How a read-then-write locks the row it reads (SQLite's writes are already serial).
@@ -71,6 +99,14 @@ impl SqliteStore {
 
     /// Whether a batch of link imports needs a savepoint per record (see `import_links`).
     const SAVEPOINT_PER_RECORD: bool = false;
+
+    /// The generation first, then whether the writer connection is idle: a write that takes the connection in
+    /// between has already made it not idle, or will bump the generation after this read.
+    fn epoch(&self) -> Option<crate::store::ReadEpoch> {
+        let generation = self.generation.load(Ordering::SeqCst);
+        let quiet = self.writer.num_idle() > 0;
+        Some(crate::store::ReadEpoch { generation, quiet })
+    }
 
     fn read(&self) -> &SqlitePool {
         &self.reader
@@ -96,3 +132,53 @@ impl SqliteStore {
 }
 
 super::sql::impl_store!(SqliteStore, sqlx::Sqlite, "sqlite");
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// The epoch the read cache relies on: a write changes the generation as soon as it holds the writer
+    /// connection and is not quiet until the connection is back, after its commit.
+    #[tokio::test]
+    async fn a_write_changes_the_generation_and_is_not_quiet_while_it_holds_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = SqliteStore::open(&url, Synchronous::Normal).await.unwrap();
+        let idle = store.epoch().unwrap();
+        assert!(idle.quiet);
+        let mut tx = store.write().await.unwrap();
+        let during = store.epoch().unwrap();
+        assert!(!during.quiet, "a write holds the writer");
+        assert_ne!(
+            during.generation, idle.generation,
+            "taking the writer changes the generation"
+        );
+        sqlx::query("INSERT INTO organizations (id, name, created_at) VALUES ('x', 'x', 0)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        let mut after = store.epoch().unwrap();
+        for _ in 0..100 {
+            if after.quiet {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            after = store.epoch().unwrap();
+        }
+        assert!(after.quiet, "the writer is back in the pool");
+        assert_ne!(
+            after.generation, during.generation,
+            "giving the writer back changes the generation"
+        );
+        // A read on the reader pool changes nothing.
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM organizations")
+            .fetch_one(&store.reader)
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(store.epoch().unwrap(), after);
+    }
+}

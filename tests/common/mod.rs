@@ -34,6 +34,8 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub token: String,
     pub org: String,
+    /// The database URL the server uses.
+    pub url: String,
     shutdown: Option<tokio::sync::watch::Sender<bool>>,
     _dir: Option<tempfile::TempDir>,
     pg_cleanup: Option<(String, String)>,
@@ -136,7 +138,9 @@ impl TestApp {
             .bootstrap(&OrgId::parse(ORG).unwrap(), &hash_token(TOKEN), now_ms())
             .await
             .expect("bootstrap");
-        Some(Self::serve(store, backend, dir, pg_cleanup, cfg, sentry).await)
+        let mut app = Self::serve(store, backend, dir, pg_cleanup, cfg, sentry).await;
+        app.url = url;
+        Some(app)
     }
 
     async fn serve(
@@ -178,6 +182,7 @@ impl TestApp {
             http: reqwest::Client::new(),
             token: TOKEN.into(),
             org: ORG.into(),
+            url: String::new(),
             shutdown: Some(tx),
             _dir: dir,
             pg_cleanup,
@@ -193,6 +198,7 @@ impl TestApp {
             http: self.http.clone(),
             token: token.into(),
             org: org.into(),
+            url: self.url.clone(),
             shutdown: None,
             _dir: None,
             pg_cleanup: None,
