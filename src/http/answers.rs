@@ -38,7 +38,7 @@ struct Answer {
 
 /// The cache, or nothing when turned off.
 #[derive(Clone)]
-pub struct ReadCache(Option<moka::sync::Cache<Key, Arc<Answer>>>);
+pub struct ReadCache(Option<Arc<moka::sync::Cache<Key, Arc<Answer>>>>);
 
 impl ReadCache {
     /// The default time to live.
@@ -48,15 +48,18 @@ impl ReadCache {
 
     /// A cache whose answers live `ttl` (none when `ttl` is zero), at most `max_bytes` of bodies in all.
     pub fn new(ttl: std::time::Duration, max_bytes: u64) -> ReadCache {
+        // Behind an `Arc`: the state is cloned for every request, and a moka handle's clone is not cheap.
         ReadCache((!ttl.is_zero() && max_bytes > 0).then(|| {
-            moka::sync::Cache::builder()
-                .max_capacity(max_bytes)
-                .weigher(|k: &Key, a: &Arc<Answer>| {
-                    let size = k.org.len() + k.target.len() + a.body.len() + 256;
-                    u32::try_from(size).unwrap_or(u32::MAX)
-                })
-                .time_to_live(ttl)
-                .build()
+            Arc::new(
+                moka::sync::Cache::builder()
+                    .max_capacity(max_bytes)
+                    .weigher(|k: &Key, a: &Arc<Answer>| {
+                        let size = k.org.len() + k.target.len() + a.body.len() + 256;
+                        u32::try_from(size).unwrap_or(u32::MAX)
+                    })
+                    .time_to_live(ttl)
+                    .build(),
+            )
         }))
     }
 

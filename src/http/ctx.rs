@@ -47,7 +47,7 @@ pub fn hash_token(token: &str) -> String {
 /// once here; a revocation or a membership change made elsewhere (the CLI, another replica) takes effect within
 /// the time to live. A time to live of zero turns the cache off.
 #[derive(Clone)]
-pub struct PrincipalCache(Option<moka::future::Cache<String, Arc<Principal>>>);
+pub struct PrincipalCache(Option<Arc<moka::future::Cache<String, Arc<Principal>>>>);
 
 impl PrincipalCache {
     /// The default time to live.
@@ -55,11 +55,14 @@ impl PrincipalCache {
 
     /// A cache whose entries live `ttl` (none when `ttl` is zero), at most 10 000 of them.
     pub fn new(ttl: std::time::Duration) -> PrincipalCache {
+        // Behind an `Arc`: the state is cloned for every request, and a moka handle's clone is not cheap.
         PrincipalCache((!ttl.is_zero()).then(|| {
-            moka::future::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(ttl)
-                .build()
+            Arc::new(
+                moka::future::Cache::builder()
+                    .max_capacity(10_000)
+                    .time_to_live(ttl)
+                    .build(),
+            )
         }))
     }
 

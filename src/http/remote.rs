@@ -20,15 +20,18 @@ use crate::domain::{OrgId, Role};
 use crate::error::{Error, Result};
 use crate::store::{Application, NewEvent, NewRemoteLink, OutboxEvent, RemoteLink, Secret};
 
-/// Cached object info: `None` remembers a failure for a short while, so a failing app is not hammered.
-pub type InfoCache = moka::future::Cache<(String, String, String), Option<Arc<Value>>>;
+/// Cached object info: `None` remembers a failure for a short while, so a failing app is not hammered. Behind an
+/// `Arc` because the state is cloned for every request and a moka handle's clone is not cheap.
+pub type InfoCache = Arc<moka::future::Cache<(String, String, String), Option<Arc<Value>>>>;
 
 /// A small cache of object info: at most 10,000 objects, each kept 60 s.
 pub fn info_cache() -> InfoCache {
-    moka::future::Cache::builder()
-        .max_capacity(10_000)
-        .time_to_live(Duration::from_secs(60))
-        .build()
+    Arc::new(
+        moka::future::Cache::builder()
+            .max_capacity(10_000)
+            .time_to_live(Duration::from_secs(60))
+            .build(),
+    )
 }
 
 /// A URL component: everything but RFC 3986's unreserved characters is encoded.
