@@ -12,12 +12,14 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::extract::{FromRequestParts, OriginalUri};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::Response;
 
+use super::AppState;
 use super::ctx::Ctx;
 use crate::error::{Error, Result};
-use crate::store::DynStore;
 
 /// The largest answer kept: a list of links is about 700 bytes a link.
 const MAX_ANSWER: usize = 4 * 1024 * 1024;
@@ -63,32 +65,25 @@ impl ReadCache {
         }))
     }
 
-    /// The answer to a `GET` of `uri` from the cache, or from `render`, keeping it when it may be kept. `render`
-    /// resolves the objects and authorizes as the handler always does; a kept answer was a 200, which only a caller
-    /// allowed to read could get, so the cache is consulted only for such a caller.
-    pub async fn answer<F>(
-        &self,
-        store: &DynStore,
-        ctx: &Ctx,
-        method: &Method,
-        uri: &Uri,
-        render: F,
-    ) -> Result<Response>
+    /// The answer to `read` from the cache, or from `render`, keeping it when it may be kept. `render` resolves the
+    /// objects and authorizes as the handler always does; a kept answer was a 200, which only a caller allowed to read
+    /// could get, so the cache is consulted only for such a caller.
+    async fn answer<F>(&self, st: &AppState, ctx: &Ctx, read: &Read, render: F) -> Result<Response>
     where
         F: Future<Output = Result<Response>>,
     {
         let Some(cache) = &self.0 else {
             return render.await;
         };
-        let Some(before) = store.read_epoch() else {
+        let Some(before) = st.store.read_epoch() else {
             return render.await;
         };
-        if *method != Method::GET || !ctx.access.allows(ctx.role) {
+        if read.method != Method::GET || !ctx.access.allows(ctx.role) {
             return render.await;
         }
         let key = Key {
             org: Arc::from(ctx.org.as_str()),
-            target: Arc::from(uri.path_and_query().map_or(uri.path(), |p| p.as_str())),
+            target: read.target.clone(),
         };
         if let Some(found) = cache.get(&key)
             && found.generation == before.generation
@@ -104,7 +99,7 @@ impl ReadCache {
         let body = axum::body::to_bytes(body, MAX_ANSWER)
             .await
             .map_err(|e| Error::Internal(anyhow::anyhow!("reading an answer to cache it: {e}")))?;
-        if store.read_epoch().map(|e| e.generation) == Some(before.generation) {
+        if st.store.read_epoch().map(|e| e.generation) == Some(before.generation) {
             let kept = Answer {
                 generation: before.generation,
                 headers: parts.headers.clone(),
@@ -113,6 +108,35 @@ impl ReadCache {
             cache.insert(key, Arc::new(kept));
         }
         Ok(Response::from_parts(parts, Body::from(body)))
+    }
+}
+
+/// What the read cache needs of a request to one of the cached routes: its method and its path and query as sent
+/// (with the `/v2` or `/v3` prefix, which the nested router's `Uri` would have lost).
+pub struct Read {
+    method: Method,
+    target: Arc<str>,
+}
+
+impl Read {
+    /// The answer from the cache, or from `render` (see [`ReadCache`]).
+    pub async fn answer<F>(&self, st: &AppState, ctx: &Ctx, render: F) -> Result<Response>
+    where
+        F: Future<Output = Result<Response>>,
+    {
+        st.answers.answer(st, ctx, self, render).await
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Read {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Read> {
+        let uri = parts.extensions.get::<OriginalUri>().map_or(&parts.uri, |o| &o.0);
+        Ok(Read {
+            method: parts.method.clone(),
+            target: Arc::from(uri.path_and_query().map_or(uri.path(), |p| p.as_str())),
+        })
     }
 }
 

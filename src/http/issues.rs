@@ -3,12 +3,13 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{OriginalUri, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
 use super::AppState;
+use super::answers::Read;
 use super::core::{resolve_status, resolve_type, resolve_user};
 use super::ctx::{Body, Ctx, Path, Query, issue_locator, issue_ref, named_ref, object, opt_string, paginated};
 use super::render;
@@ -273,13 +274,10 @@ pub async fn history_pair(
 pub async fn get_issue(
     State(st): State<AppState>,
     ctx: Ctx,
-    method: Method,
-    OriginalUri(uri): OriginalUri,
+    read: Read,
     Path(which): Path<String>,
 ) -> Result<Response> {
-    st.answers
-        .answer(&st.store, &ctx, &method, &uri, get_issue_fresh(&st, &ctx, which))
-        .await
+    read.answer(&st, &ctx, get_issue_fresh(&st, &ctx, which)).await
 }
 
 async fn get_issue_fresh(st: &AppState, ctx: &Ctx, which: String) -> Result<Response> {

@@ -1,12 +1,13 @@
 //! Links between issues (contract §5) and link import (§6).
 
 use axum::Json;
-use axum::extract::{OriginalUri, State};
-use axum::http::{Method, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
 use super::AppState;
+use super::answers::Read;
 use super::core::resolve_user;
 use super::ctx::{Body, Ctx, Path, object, opt_string};
 use super::issues::{history_pair, load_issue, load_issue_ref, required_date};
@@ -172,14 +173,11 @@ pub async fn import_link(
 pub async fn list_links(
     State(st): State<AppState>,
     ctx: Ctx,
-    method: Method,
-    OriginalUri(uri): OriginalUri,
+    read: Read,
     Path(which): Path<String>,
     q: super::ctx::Query,
 ) -> Result<Response> {
-    st.answers
-        .answer(&st.store, &ctx, &method, &uri, list_links_fresh(&st, &ctx, which, q))
-        .await
+    read.answer(&st, &ctx, list_links_fresh(&st, &ctx, which, q)).await
 }
 
 async fn list_links_fresh(st: &AppState, ctx: &Ctx, which: String, q: super::ctx::Query) -> Result<Response> {
@@ -215,13 +213,10 @@ fn link_id(s: &str) -> Result<i64> {
 pub async fn get_link(
     State(st): State<AppState>,
     ctx: Ctx,
-    method: Method,
-    OriginalUri(uri): OriginalUri,
+    read: Read,
     Path((which, link)): Path<(String, String)>,
 ) -> Result<Response> {
-    st.answers
-        .answer(&st.store, &ctx, &method, &uri, get_link_fresh(&st, &ctx, which, link))
-        .await
+    read.answer(&st, &ctx, get_link_fresh(&st, &ctx, which, link)).await
 }
 
 async fn get_link_fresh(st: &AppState, ctx: &Ctx, which: String, link: String) -> Result<Response> {
@@ -267,20 +262,11 @@ pub async fn delete_link(
 pub async fn get_issue_graph(
     State(st): State<AppState>,
     ctx: Ctx,
-    method: Method,
-    OriginalUri(uri): OriginalUri,
+    read: Read,
     Path(which): Path<String>,
     q: super::ctx::Query,
 ) -> Result<Response> {
-    st.answers
-        .answer(
-            &st.store,
-            &ctx,
-            &method,
-            &uri,
-            get_issue_graph_fresh(&st, &ctx, which, q),
-        )
-        .await
+    read.answer(&st, &ctx, get_issue_graph_fresh(&st, &ctx, which, q)).await
 }
 
 async fn get_issue_graph_fresh(st: &AppState, ctx: &Ctx, which: String, q: super::ctx::Query) -> Result<Response> {
