@@ -4,9 +4,11 @@
 //! 64-bit integers on both, so only connection handling and locking differ.
 
 pub mod copy;
+mod link_rules;
 mod postgres;
 mod sql;
 mod sqlite;
+mod sqlite_links;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

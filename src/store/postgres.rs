@@ -37,6 +37,11 @@ impl PgStore {
         None
     }
 
+    /// Links are written in the request's own transaction (replicas share the graph locks).
+    fn link_writer(&self) -> Option<&super::sqlite_links::LinkWriter> {
+        None
+    }
+
     fn read(&self) -> &PgPool {
         &self.pool
     }

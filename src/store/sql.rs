@@ -467,7 +467,7 @@ macro_rules! impl_store {
         use crate::domain::{IssueLocator, OrgId, Role};
         use crate::error::{is_unique_violation, Error, Result};
         use crate::store::sql::{
-            apply_field_edits, custom_to_db, field_type_from_db, link_conflict, new_event_key, AppRow, FieldRow, CycleRule,
+            apply_field_edits, custom_to_db, field_type_from_db, new_event_key, AppRow, FieldRow, CycleRule,
             IssueRow, LinkRow, PrincipalRow, QueueRow, RemoteRow, APP_SELECT, EVENT_COLUMNS, ISSUE_SELECT,
             LINK_SELECT, QUEUE_SELECT, REMOTE_SELECT,
         };
@@ -643,128 +643,6 @@ macro_rules! impl_store {
                 Ok(id)
             }
 
-            /// Checks the rules of contract §5 for one new link and inserts it; the caller holds the transaction
-            /// (and, for graph rules, `lock_graph`).
-            async fn insert_link(tx: &mut sqlx::Transaction<'static, $db>, new: &NewLink) -> Result<i64> {
-                let rel = new.relationship;
-                let (outward, inward) = rel.orient(new.this, new.other);
-                // The two issues and whether the pair is already linked, in one statement.
-                let rows = sqlx::query(
-                    "SELECT id, key, type, EXISTS (SELECT 1 FROM links WHERE lo = $4 AND hi = $5) AS linked \
-                     FROM issues WHERE org_id = $1 AND id IN ($2, $3)",
-                )
-                .bind(new.org.as_str())
-                .bind(new.this)
-                .bind(new.other)
-                .bind(outward.min(inward))
-                .bind(outward.max(inward))
-                .fetch_all(&mut **tx)
-                .await?;
-                let mut key_of = __Map::new();
-                let mut type_of = __Map::new();
-                let mut linked = false;
-                for r in &rows {
-                    let id: i64 = r.try_get(0)?;
-                    key_of.insert(id, r.try_get::<String, _>(1)?);
-                    type_of.insert(id, r.try_get::<String, _>(2)?);
-                    linked |= r.try_get::<bool, _>(3)?;
-                }
-                let (Some(this_key), Some(other_key)) = (key_of.get(&new.this).cloned(), key_of.get(&new.other).cloned()) else {
-                    return Err(Error::not_found("issue", "Issue does not exist"));
-                };
-                let key = |id: i64| key_of.get(&id).cloned().unwrap_or_default();
-                let is_epic = |id: i64| type_of.get(&id).is_some_and(|t| t == "epic");
-                if linked {
-                    return Err(link_conflict(&this_key, &other_key));
-                }
-                match rel.ty {
-                    LinkType::Epic => {
-                        if !is_epic(inward) {
-                            return Err(Error::rule(
-                                "relationship",
-                                format!("Issue {} is not an epic: only an issue of type epic can be an epic", key(inward)),
-                            ));
-                        }
-                        if is_epic(outward) {
-                            return Err(Error::rule("relationship", format!("Epic {} cannot be in an epic", key(outward))));
-                        }
-                        let current: Option<String> = sqlx::query_scalar(
-                            "SELECT e.key FROM links l JOIN issues e ON e.id = l.inward_id WHERE l.outward_id = $1 AND l.type = 'epic'",
-                        )
-                        .bind(outward)
-                        .fetch_optional(&mut **tx)
-                        .await?;
-                        if let Some(epic) = current {
-                            return Err(Error::rule("relationship", format!("Issue {} is already in epic {epic}", key(outward))));
-                        }
-                    }
-                    LinkType::Subtask => {
-                        if is_epic(inward) {
-                            return Err(Error::rule("relationship", format!("Epic {} cannot be a sub-issue", key(inward))));
-                        }
-                        let parent: Option<String> = sqlx::query_scalar(
-                            "SELECT p.key FROM links l JOIN issues p ON p.id = l.outward_id WHERE l.inward_id = $1 AND l.type = 'subtask'",
-                        )
-                        .bind(inward)
-                        .fetch_optional(&mut **tx)
-                        .await?;
-                        if let Some(p) = parent {
-                            return Err(Error::rule("relationship", format!("Issue {} already has a parent issue {p}", key(inward))));
-                        }
-                        if Self::reaches(tx, inward, CycleRule::Subtask, outward).await? {
-                            return Err(Error::rule(
-                                "relationship",
-                                format!("Issue {} is a sub-issue of {}: the link would make a cycle", key(outward), key(inward)),
-                            ));
-                        }
-                    }
-                    LinkType::Depends if !new.import && Self::reaches(tx, inward, CycleRule::Depends, outward).await? => {
-                        return Err(Error::rule(
-                            "relationship",
-                            format!(
-                                "{} already depends on {}: the link would make a dependency cycle",
-                                key(inward),
-                                key(outward)
-                            ),
-                        ));
-                    }
-                    _ => {}
-                }
-                let inserted = sqlx::query_scalar::<$db, i64>(
-                    "INSERT INTO links (org_id, type, outward_id, inward_id, lo, hi, created_by, updated_by, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
-                )
-                .bind(new.org.as_str())
-                .bind(rel.ty.id())
-                .bind(outward)
-                .bind(inward)
-                .bind(outward.min(inward))
-                .bind(outward.max(inward))
-                .bind(new.created.0)
-                .bind(new.updated.0)
-                .bind(new.created.1)
-                .bind(new.updated.1)
-                .fetch_one(&mut **tx)
-                .await;
-                let id = match inserted {
-                    Ok(id) => id,
-                    // A concurrent writer won the pair (or the one-parent / one-epic index) between check and insert.
-                    Err(e) if is_unique_violation(&e) => return Err(link_conflict(&this_key, &other_key)),
-                    Err(e) => return Err(e.into()),
-                };
-                if !new.import {
-                    // In id order, so two transactions touching the same pair never wait on each other in a circle.
-                    for issue in [new.this.min(new.other), new.this.max(new.other)] {
-                        sqlx::query("UPDATE issues SET updated_at = $2 WHERE id = $1")
-                            .bind(issue)
-                            .bind(new.created.1)
-                            .execute(&mut **tx)
-                            .await?;
-                    }
-                }
-                Ok(id)
-            }
-
             async fn insert_event(
                 tx: &mut sqlx::Transaction<'static, $db>,
                 org: &str,
@@ -835,11 +713,6 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn reaches(tx: &mut sqlx::Transaction<'static, $db>, from: i64, rule: CycleRule, to: i64) -> Result<bool> {
-                let n: i64 = sqlx::query_scalar(rule.reaches_sql()).bind(from).bind(to).fetch_one(&mut **tx).await?;
-                Ok(n > 0)
-            }
-
             async fn link_view(
                 ex: impl sqlx::Executor<'_, Database = $db>,
                 org: &OrgId,
@@ -854,6 +727,71 @@ macro_rules! impl_store {
                     .fetch_optional(ex)
                     .await?;
                 row.map(LinkRow::into_view).transpose()
+            }
+        }
+
+        impl<'c> crate::store::link_rules::LinkTx for sqlx::Transaction<'c, $db> {
+            async fn pair(
+                &mut self,
+                org: &str,
+                this: i64,
+                other: i64,
+                lo: i64,
+                hi: i64,
+            ) -> Result<Vec<crate::store::link_rules::PairRow>> {
+                let rows = sqlx::query(crate::store::link_rules::PAIR_SQL)
+                    .bind(org)
+                    .bind(this)
+                    .bind(other)
+                    .bind(lo)
+                    .bind(hi)
+                    .fetch_all(&mut **self)
+                    .await?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(crate::store::link_rules::PairRow {
+                            id: r.try_get(0)?,
+                            key: r.try_get(1)?,
+                            ty: r.try_get(2)?,
+                            linked: r.try_get(3)?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn key_of(&mut self, sql: &'static str, id: i64) -> Result<Option<String>> {
+                Ok(sqlx::query_scalar(sql).bind(id).fetch_optional(&mut **self).await?)
+            }
+
+            async fn reaches(&mut self, from: i64, rule: CycleRule, to: i64) -> Result<bool> {
+                let n: i64 = sqlx::query_scalar(rule.reaches_sql()).bind(from).bind(to).fetch_one(&mut **self).await?;
+                Ok(n > 0)
+            }
+
+            async fn insert(&mut self, row: &crate::store::link_rules::LinkInsert<'_>) -> Result<Option<i64>> {
+                let inserted = sqlx::query_scalar::<$db, i64>(crate::store::link_rules::INSERT_LINK_SQL)
+                    .bind(row.org)
+                    .bind(row.ty)
+                    .bind(row.outward)
+                    .bind(row.inward)
+                    .bind(row.lo)
+                    .bind(row.hi)
+                    .bind(row.created_by)
+                    .bind(row.updated_by)
+                    .bind(row.created_at)
+                    .bind(row.updated_at)
+                    .fetch_one(&mut **self)
+                    .await;
+                match inserted {
+                    Ok(id) => Ok(Some(id)),
+                    Err(e) if is_unique_violation(&e) => Ok(None),
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            async fn touch(&mut self, issue: i64, at: Millis) -> Result<()> {
+                sqlx::query(crate::store::link_rules::TOUCH_ISSUE_SQL).bind(issue).bind(at).execute(&mut **self).await?;
+                Ok(())
             }
         }
 
@@ -1341,14 +1279,20 @@ macro_rules! impl_store {
             }
 
             async fn create_link(&self, new: &NewLink) -> Result<LinkView> {
-                let mut tx = self.write().await?;
-                match new.relationship.ty {
-                    LinkType::Depends => Self::lock_graph(&mut tx, &new.org, CycleRule::Depends).await?,
-                    LinkType::Subtask => Self::lock_graph(&mut tx, &new.org, CycleRule::Subtask).await?,
-                    _ => {}
-                }
-                let id = Self::insert_link(&mut tx, new).await?;
-                tx.commit().await?;
+                let id = if let Some(writer) = self.link_writer() {
+                    let mut out = writer.write(vec![new.clone()]).await?;
+                    out.pop().unwrap_or_else(|| Err(Error::Internal(anyhow::anyhow!("a link write gave no outcome"))))?
+                } else {
+                    let mut tx = self.write().await?;
+                    match new.relationship.ty {
+                        LinkType::Depends => Self::lock_graph(&mut tx, &new.org, CycleRule::Depends).await?,
+                        LinkType::Subtask => Self::lock_graph(&mut tx, &new.org, CycleRule::Subtask).await?,
+                        _ => {}
+                    }
+                    let id = crate::store::link_rules::insert_link(&mut tx, new).await?;
+                    tx.commit().await?;
+                    id
+                };
                 // Read back after the commit, outside the (on SQLite, serial) write transaction.
                 Self::link_view(self.read(), &new.org, new.this, id)
                     .await?
@@ -1388,6 +1332,9 @@ macro_rules! impl_store {
             }
 
             async fn import_links(&self, org: &OrgId, batch: &[NewLink]) -> Result<Vec<Result<i64>>> {
+                if let Some(writer) = self.link_writer() {
+                    return writer.write(batch.to_vec()).await;
+                }
                 let mut tx = self.write().await?;
                 Self::lock_graph(&mut tx, org, CycleRule::Depends).await?;
                 Self::lock_graph(&mut tx, org, CycleRule::Subtask).await?;
@@ -1401,7 +1348,7 @@ macro_rules! impl_store {
                     if savepoint {
                         sqlx::query("SAVEPOINT link_record").execute(&mut *tx).await?;
                     }
-                    match Self::insert_link(&mut tx, new).await {
+                    match crate::store::link_rules::insert_link(&mut tx, new).await {
                         Ok(id) => {
                             if savepoint {
                                 sqlx::query("RELEASE SAVEPOINT link_record").execute(&mut *tx).await?;

@@ -24,6 +24,8 @@ pub struct SqliteStore {
     /// See [`crate::store::ReadEpoch`]: bumped when the writer connection is handed out or opened, and when it is
     /// back in the pool.
     generation: Arc<AtomicU64>,
+    /// Writes new links, batched (see `sqlite_links.rs`).
+    links: super::sqlite_links::LinkWriter,
 }
 
 impl SqliteStore {
@@ -79,6 +81,7 @@ impl SqliteStore {
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&writer).await?;
         drop(lock);
+        let links = super::sqlite_links::LinkWriter::start(opts.get_filename(), sync, writer.clone())?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .test_before_acquire(false)
@@ -88,6 +91,7 @@ impl SqliteStore {
             reader,
             writer,
             generation,
+            links,
         })
     }
 
@@ -106,6 +110,10 @@ impl SqliteStore {
         let generation = self.generation.load(Ordering::SeqCst);
         let quiet = self.writer.num_idle() > 0;
         Some(crate::store::ReadEpoch { generation, quiet })
+    }
+
+    fn link_writer(&self) -> Option<&super::sqlite_links::LinkWriter> {
+        Some(&self.links)
     }
 
     fn read(&self) -> &SqlitePool {

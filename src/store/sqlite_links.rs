@@ -1,0 +1,422 @@
+//! SQLite's link writer: new links (created and imported) are written by a rusqlite connection, several requests'
+//! links per transaction (group commit), each whole batch in one hand-off to a blocking thread.
+//!
+//! Why a second driver: sqlx runs every statement of a SQLite connection as a round trip to that connection's worker
+//! thread, so a link create — `BEGIN`, the pair read, the cycle walk, the `INSERT`, two `UPDATE`s, `COMMIT` and the
+//! pool's ping on release — was nine thread hand-offs inside the one serial writer, and the kernel's scheduler took
+//! 27 % of the server's time (`docs/benchmarks.md`). rusqlite is synchronous: the batch runs start to end on one
+//! thread. The rules are the same code as on PostgreSQL ([`insert_link`] over [`LinkTx`]).
+//!
+//! Writes stay serial with every other write of the process: a batch holds the sqlx writer connection (the pool of
+//! one) while it runs, so the read cache's epoch (`ReadEpoch`) sees it like any other write, and the two connections
+//! never wait on SQLite's file lock for each other.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, ToSql};
+use sqlx::SqlitePool;
+use tokio::sync::{mpsc, oneshot};
+
+use super::NewLink;
+use super::link_rules::{INSERT_LINK_SQL, LinkInsert, LinkTx, PAIR_SQL, PairRow, TOUCH_ISSUE_SQL, insert_link};
+use super::sql::CycleRule;
+use super::sqlite::Synchronous;
+use crate::domain::dates::Millis;
+use crate::error::{Error, Result};
+
+/// The most links one transaction takes (an import batch is 500).
+const MAX_BATCH_LINKS: usize = 2_000;
+
+/// Each record's outcome, or the batch's failure.
+type Outcome = Result<Vec<Result<i64>>>;
+
+/// Links to write, and where their outcome goes.
+struct Job {
+    links: Vec<NewLink>,
+    reply: oneshot::Sender<Outcome>,
+}
+
+/// The handle the store keeps; the batching task ends when it is dropped.
+pub(super) struct LinkWriter {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl LinkWriter {
+    /// Opens the connection (the database exists and is migrated) and starts the batching task.
+    pub(super) fn start(path: &Path, sync: Synchronous, lock: SqlitePool) -> anyhow::Result<LinkWriter> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+        )?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match sync {
+                Synchronous::Normal => "NORMAL",
+                Synchronous::Full => "FULL",
+            },
+        )?;
+        conn.set_prepared_statement_cache_capacity(32);
+        let (jobs, rx) = mpsc::unbounded_channel();
+        tokio::spawn(batches(rx, Arc::new(Mutex::new(conn)), lock));
+        Ok(LinkWriter { jobs })
+    }
+
+    /// Writes `links`, each under the rules, in one transaction with whatever else is waiting: each record's id or
+    /// the rule it broke (a refused record writes nothing; the others land).
+    pub(super) async fn write(&self, links: Vec<NewLink>) -> Outcome {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { links, reply })
+            .map_err(|_| Error::Internal(anyhow::anyhow!("the SQLite link writer has stopped")))?;
+        answer
+            .await
+            .map_err(|_| Error::Internal(anyhow::anyhow!("the SQLite link writer dropped a batch")))?
+    }
+}
+
+/// Takes the jobs waiting, holds the write lock, runs them as one transaction on a blocking thread, repeats.
+async fn batches(mut rx: mpsc::UnboundedReceiver<Job>, conn: Arc<Mutex<Connection>>, lock: SqlitePool) {
+    while let Some(first) = rx.recv().await {
+        let held = match lock.acquire().await {
+            Ok(c) => c,
+            Err(e) => {
+                let e = anyhow::Error::new(e).context("taking the SQLite write lock");
+                let _ = first.reply.send(Err(Error::Internal(e)));
+                continue;
+            }
+        };
+        // What arrived while the previous batch ran or the lock was taken joins this one.
+        let mut size = first.links.len();
+        let mut jobs = vec![first];
+        while size < MAX_BATCH_LINKS {
+            let Ok(job) = rx.try_recv() else { break };
+            size += job.links.len();
+            jobs.push(job);
+        }
+        let conn = conn.clone();
+        // A panic cannot happen here (no unwrap on this path); were it to, the jobs' reply senders are dropped and
+        // their callers get an internal error.
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
+            run_batch(&mut conn, jobs);
+        })
+        .await;
+        drop(held);
+    }
+}
+
+/// One transaction for all `jobs`, each job in a savepoint, so that a fault (an internal error) undoes that job
+/// alone, as if it had had its own transaction. Replies after the commit.
+fn run_batch(conn: &mut Connection, jobs: Vec<Job>) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let e = anyhow::Error::new(e).context("starting a batch of links");
+        for job in jobs {
+            let _ = job.reply.send(Err(Error::Internal(anyhow::anyhow!("{e:#}"))));
+        }
+        return;
+    }
+    let mut done = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let outcome = one_job(conn, &job.links);
+        done.push((job.reply, outcome));
+    }
+    match conn.execute_batch("COMMIT") {
+        Ok(()) => {
+            for (reply, outcome) in done {
+                let _ = reply.send(outcome);
+            }
+        }
+        Err(e) => {
+            // Leaves the connection out of any transaction for the next batch.
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            let e = anyhow::Error::new(e).context("committing a batch of links");
+            for (reply, _) in done {
+                let _ = reply.send(Err(Error::Internal(anyhow::anyhow!("{e:#}"))));
+            }
+        }
+    }
+}
+
+/// One job's records, all or nothing on a fault.
+fn one_job(conn: &Connection, links: &[NewLink]) -> Outcome {
+    exec(conn, "SAVEPOINT link_job")?;
+    let mut out = Vec::with_capacity(links.len());
+    for new in links {
+        // A record a rule refuses has written nothing: every rule is checked before the `INSERT`, and an `INSERT`
+        // a unique index refuses is undone by SQLite alone.
+        match ready(insert_link(&mut Rs(conn), new)) {
+            Err(e @ Error::Internal(_)) => {
+                exec(conn, "ROLLBACK TO SAVEPOINT link_job")?;
+                exec(conn, "RELEASE SAVEPOINT link_job")?;
+                return Err(e);
+            }
+            r => out.push(r),
+        }
+    }
+    exec(conn, "RELEASE SAVEPOINT link_job")?;
+    Ok(out)
+}
+
+fn exec(conn: &Connection, sql: &str) -> Result<()> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.execute([]))
+        .map_err(internal)?;
+    Ok(())
+}
+
+fn internal(e: rusqlite::Error) -> Error {
+    Error::Internal(anyhow::Error::new(e))
+}
+
+/// The rules are `async` (for sqlx), but this implementation never waits: every call returns at its first poll.
+/// A full executor would add nothing but a dependency.
+fn ready<T>(f: impl Future<Output = Result<T>>) -> Result<T> {
+    let mut f = pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(r) => r,
+        Poll::Pending => Err(Error::Internal(anyhow::anyhow!("a SQLite link write waited"))),
+    }
+}
+
+/// The rules' reads and writes on the rusqlite connection, which is inside the batch's transaction.
+struct Rs<'a>(&'a Connection);
+
+/// The statements' parameters are `$1`, `$2`, … (the SQL is sqlx's); bound by name, as SQLite numbers parameters in
+/// the order they first appear.
+const NAMES: [&str; 10] = ["$1", "$2", "$3", "$4", "$5", "$6", "$7", "$8", "$9", "$10"];
+
+impl Rs<'_> {
+    /// Prepares `sql` (cached) and binds `values` to `$1`, `$2`, ….
+    fn statement(&self, sql: &str, values: &[&dyn ToSql]) -> rusqlite::Result<rusqlite::CachedStatement<'_>> {
+        let mut stmt = self.0.prepare_cached(sql)?;
+        for (name, value) in NAMES.iter().zip(values) {
+            if let Some(i) = stmt.parameter_index(name)? {
+                stmt.raw_bind_parameter(i, value)?;
+            }
+        }
+        Ok(stmt)
+    }
+}
+
+impl LinkTx for Rs<'_> {
+    async fn pair(&mut self, org: &str, this: i64, other: i64, lo: i64, hi: i64) -> Result<Vec<PairRow>> {
+        let mut stmt = self
+            .statement(PAIR_SQL, &[&org, &this, &other, &lo, &hi])
+            .map_err(internal)?;
+        let mut rows = stmt.raw_query();
+        let mut out = Vec::with_capacity(2);
+        while let Some(r) = rows.next().map_err(internal)? {
+            out.push(PairRow {
+                id: r.get(0).map_err(internal)?,
+                key: r.get(1).map_err(internal)?,
+                ty: r.get(2).map_err(internal)?,
+                linked: r.get(3).map_err(internal)?,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn key_of(&mut self, sql: &'static str, id: i64) -> Result<Option<String>> {
+        let mut stmt = self.statement(sql, &[&id]).map_err(internal)?;
+        let mut rows = stmt.raw_query();
+        match rows.next().map_err(internal)? {
+            Some(r) => Ok(Some(r.get(0).map_err(internal)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn reaches(&mut self, from: i64, rule: CycleRule, to: i64) -> Result<bool> {
+        let mut stmt = self.statement(rule.reaches_sql(), &[&from, &to]).map_err(internal)?;
+        let n: Option<i64> = stmt
+            .raw_query()
+            .next()
+            .map_err(internal)?
+            .map(|r| r.get(0))
+            .transpose()
+            .map_err(internal)?;
+        Ok(n.unwrap_or(0) > 0)
+    }
+
+    async fn insert(&mut self, row: &LinkInsert<'_>) -> Result<Option<i64>> {
+        let values: [&dyn ToSql; 10] = [
+            &row.org,
+            &row.ty,
+            &row.outward,
+            &row.inward,
+            &row.lo,
+            &row.hi,
+            &row.created_by,
+            &row.updated_by,
+            &row.created_at,
+            &row.updated_at,
+        ];
+        let mut stmt = self.statement(INSERT_LINK_SQL, &values).map_err(internal)?;
+        let first = stmt
+            .raw_query()
+            .next()
+            .and_then(|r| r.map(|r| r.get::<_, i64>(0)).transpose());
+        match first {
+            Ok(Some(id)) => Ok(Some(id)),
+            Ok(None) => Err(Error::Internal(anyhow::anyhow!("INSERT … RETURNING gave no row"))),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation
+                    && matches!(
+                        e.extended_code,
+                        rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                    ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(internal(e)),
+        }
+    }
+
+    async fn touch(&mut self, issue: i64, at: Millis) -> Result<()> {
+        let mut stmt = self.statement(TOUCH_ISSUE_SQL, &[&issue, &at]).map_err(internal)?;
+        stmt.raw_execute().map_err(internal)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::domain::OrgId;
+    use crate::domain::links::Relationship;
+    use crate::store::{NewIssue, NewQueue, SqliteStore, Store};
+
+    /// A store with five issues; their ids.
+    async fn five_issues(dir: &tempfile::TempDir) -> (String, SqliteStore, OrgId, Vec<i64>) {
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let store = SqliteStore::open(&url, Synchronous::Normal).await.unwrap();
+        let org = OrgId::parse("o").unwrap();
+        store.create_org(&org, "o", 1).await.unwrap();
+        let user = store.create_user("u", "U", None, 1).await.unwrap();
+        let queue = NewQueue {
+            key: "Q".into(),
+            name: "Q".into(),
+            lead: None,
+            default_type: "task".into(),
+        };
+        let queue = store.create_queue(&org, &queue, 1).await.unwrap();
+        let mut ids = Vec::new();
+        for n in 0..5 {
+            let issue = store
+                .create_issue(&NewIssue {
+                    org: org.clone(),
+                    queue_id: queue.id,
+                    summary: format!("issue {n}"),
+                    description: None,
+                    ty: "task".into(),
+                    assignee: None,
+                    parent: None,
+                    unique: None,
+                    custom: Default::default(),
+                    by: user.uid,
+                    at: 1,
+                })
+                .await
+                .unwrap();
+            ids.push(issue.id);
+        }
+        (url, store, org, ids)
+    }
+
+    fn link(org: &OrgId, this: i64, rel: &str, other: i64) -> NewLink {
+        NewLink {
+            org: org.clone(),
+            this,
+            other,
+            relationship: Relationship::parse(rel).unwrap(),
+            created: (1, 5),
+            updated: (1, 5),
+            import: false,
+        }
+    }
+
+    /// Jobs written as one batch, as the batching task would, on a connection of its own.
+    fn batch(url: &str, jobs: Vec<Vec<NewLink>>) -> Vec<Outcome> {
+        let path = url.trim_start_matches("sqlite://");
+        let mut conn = Connection::open(path).unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        let (jobs, answers): (Vec<Job>, Vec<_>) = jobs
+            .into_iter()
+            .map(|links| {
+                let (reply, answer) = oneshot::channel();
+                (Job { links, reply }, answer)
+            })
+            .unzip();
+        run_batch(&mut conn, jobs);
+        answers.into_iter().map(|mut a| a.try_recv().unwrap()).collect()
+    }
+
+    fn pairs(url: &str) -> Vec<(i64, i64, String)> {
+        let conn = Connection::open(url.trim_start_matches("sqlite://")).unwrap();
+        let mut stmt = conn.prepare("SELECT lo, hi, type FROM links ORDER BY id").unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    /// Several requests' links in one transaction: each is checked against the ones before it in the batch, a
+    /// refused record leaves the job's others in place, and a fault undoes its own job only.
+    #[tokio::test]
+    async fn a_batch_keeps_each_jobs_outcome_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, _store, org, i) = five_issues(&dir).await;
+        // A fault on one row: touching issue 4's `updatedAt` fails, after the job's first link is inserted.
+        let conn = Connection::open(url.trim_start_matches("sqlite://")).unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TRIGGER fault BEFORE UPDATE OF updated_at ON issues WHEN NEW.id = {} \
+             BEGIN SELECT RAISE(ABORT, 'injected fault'); END",
+            i[4]
+        ))
+        .unwrap();
+        let out = batch(
+            &url,
+            vec![
+                vec![link(&org, i[0], "depends on", i[1])],
+                // Closes a cycle with the link just before it in the same batch; the pair 0–2 is new.
+                vec![link(&org, i[1], "depends on", i[0]), link(&org, i[0], "relates", i[2])],
+                // The first record lands in the job, the second faults: the job is undone as a whole.
+                vec![link(&org, i[2], "relates", i[3]), link(&org, i[3], "relates", i[4])],
+                // The same pair as the first job, the other way round.
+                vec![link(&org, i[1], "relates", i[0])],
+                vec![link(&org, i[1], "depends on", i[2])],
+            ],
+        );
+        assert!(matches!(out[0].as_deref(), Ok([Ok(_)])), "{:?}", out[0]);
+        let second = out[1].as_ref().unwrap();
+        assert!(matches!(second[0], Err(Error::Unprocessable { .. })), "{second:?}");
+        assert!(second[1].is_ok(), "{second:?}");
+        assert!(matches!(out[2], Err(Error::Internal(_))), "{:?}", out[2]);
+        assert!(
+            matches!(out[3].as_deref(), Ok([Err(Error::Unprocessable { .. })])),
+            "{:?}",
+            out[3]
+        );
+        assert!(matches!(out[4].as_deref(), Ok([Ok(_)])), "{:?}", out[4]);
+        assert_eq!(
+            pairs(&url),
+            vec![
+                (i[0], i[1], "depends".to_string()),
+                (i[0], i[2], "relates".to_string()),
+                (i[1], i[2], "depends".to_string()),
+            ],
+            "the faulting job left nothing, the others all landed"
+        );
+    }
+}
