@@ -186,6 +186,28 @@ pub(super) struct LinkRow {
 }
 
 impl LinkRow {
+    /// A row of [`LINK_SELECT`] read by rusqlite (SQLite's link writer), the columns in the order above.
+    pub(super) fn from_rusqlite(r: &rusqlite::Row<'_>) -> rusqlite::Result<LinkRow> {
+        Ok(LinkRow {
+            id: r.get(0)?,
+            ty: r.get(1)?,
+            outward_id: r.get(2)?,
+            this_key: r.get(3)?,
+            object_id: r.get(4)?,
+            object_key: r.get(5)?,
+            object_summary: r.get(6)?,
+            object_status: r.get(7)?,
+            assignee_uid: r.get(8)?,
+            assignee_display: r.get(9)?,
+            created_by: r.get(10)?,
+            created_by_display: r.get(11)?,
+            updated_by: r.get(12)?,
+            updated_by_display: r.get(13)?,
+            created_at: r.get(14)?,
+            updated_at: r.get(15)?,
+        })
+    }
+
     pub(super) fn into_view(self) -> Result<LinkView> {
         let ty = LinkType::parse(&self.ty)
             .ok_or_else(|| Error::Internal(anyhow::anyhow!("unknown link type {:?} in the database", self.ty)))?;
@@ -1280,8 +1302,14 @@ macro_rules! impl_store {
 
             async fn create_link(&self, new: &NewLink) -> Result<LinkView> {
                 let id = if let Some(writer) = self.link_writer() {
-                    let mut out = writer.write(vec![new.clone()]).await?;
-                    out.pop().unwrap_or_else(|| Err(Error::Internal(anyhow::anyhow!("a link write gave no outcome"))))?
+                    // The view comes back from the writer's transaction.
+                    let mut out = writer.write(vec![new.clone()], true).await?;
+                    let written =
+                        out.pop().unwrap_or_else(|| Err(Error::Internal(anyhow::anyhow!("a link write gave no outcome"))))?;
+                    match written {
+                        (_, Some(view)) => return Ok(view),
+                        (id, None) => id,
+                    }
                 } else {
                     let mut tx = self.write().await?;
                     match new.relationship.ty {
@@ -1333,7 +1361,8 @@ macro_rules! impl_store {
 
             async fn import_links(&self, org: &OrgId, batch: &[NewLink]) -> Result<Vec<Result<i64>>> {
                 if let Some(writer) = self.link_writer() {
-                    return writer.write(batch.to_vec()).await;
+                    let out = writer.write(batch.to_vec(), false).await?;
+                    return Ok(out.into_iter().map(|r| r.map(|(id, _)| id)).collect());
                 }
                 let mut tx = self.write().await?;
                 Self::lock_graph(&mut tx, org, CycleRule::Depends).await?;
