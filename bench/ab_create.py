@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""Create link at c=16, two Tether binaries measured alternately: `python3 bench/ab_create.py BEFORE AFTER [ROUNDS]`.
+"""Create link at c=16, two Tether binaries measured alternately:
+`python3 bench/ab_create.py BEFORE AFTER [ROUNDS] [PAIRS]`.
 
 The create-link figure of `bench/bench.py` comes from one short run per repetition and moves by ±20 % between runs on
 a shared 2-core machine; this script measures just that scenario many times, alternating the two binaries (their
-order swaps every round), each round on a fresh SQLite database: 8 000 issues imported through the API, then
-`wrk -t2 -c16` sends 4 000 `depends on` creates between fresh pairs (each line once). It prints each run and the
+order swaps every round), each round on a fresh SQLite database: 2 × PAIRS issues imported through the API, then
+`wrk -t2 -c16` sends PAIRS (default 4 000) `depends on` creates between fresh pairs (each line once; the run lasts
+at most 30 s). It prints each run and the
 median and mean of each side. Uses bench.py's server, import and wrk helpers; needs wrk.
 """
 import json
@@ -18,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 
 
-def one_run(path, name, work):
+def one_run(path, name, work, pairs):
     bench.TETHER = path
     db = os.path.join(work, f"{name}.db")
     srv = bench.tether(f"ab-{name}", f"sqlite://{db}", "normal", work)
@@ -26,13 +28,13 @@ def one_run(path, name, work):
         api = bench.Api(srv.port)
         api.call("POST", "/v2/queues", {"key": "BENCH", "name": "Bench", "defaultType": "task"})
         issues = [{"queue": "BENCH", "summary": f"pair issue {i}", "createdAt": "2020-01-01T00:00:00.000+0000",
-                   "createdBy": "admin"} for i in range(8000)]
+                   "createdBy": "admin"} for i in range(2 * pairs)]
         keys = bench.import_issues(srv.port, issues, workers=4)
         reqs = os.path.join(work, f"{name}.tsv")
         bench.write_reqs(reqs, [("POST", f"/v2/issues/{keys[2 * i]}/links",
-                                 {"relationship": "depends on", "issue": keys[2 * i + 1]}) for i in range(4000)])
+                                 {"relationship": "depends on", "issue": keys[2 * i + 1]}) for i in range(pairs)])
         time.sleep(1)
-        return bench.wrk(srv.port, reqs, 16, 5, False)
+        return bench.wrk(srv.port, reqs, 16, 30, False)
     finally:
         srv.stop()
 
@@ -42,12 +44,13 @@ def main():
         sys.exit(__doc__)
     bins = {"before": sys.argv[1], "after": sys.argv[2]}
     rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 6
+    pairs = int(sys.argv[4]) if len(sys.argv) > 4 else 4000
     out = {k: [] for k in bins}
     work = tempfile.mkdtemp(prefix="tether-ab-")
     for r in range(rounds):
         order = list(bins.items()) if r % 2 == 0 else list(reversed(bins.items()))
         for name, path in order:
-            res = one_run(path, f"{name}-{r}", work)
+            res = one_run(path, f"{name}-{r}", work, pairs)
             out[name].append(round(res["rps"]))
             print(f"{name} round {r}: {res['rps']:.0f} req/s, p99 {res['p99_us'] / 1000:.2f} ms, "
                   f"non-2xx {res['non2xx']}", flush=True)

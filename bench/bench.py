@@ -302,8 +302,9 @@ class Bench:
     def run(self):
         a = self.a
         log(f"work dir {self.work}; results in {self.out}; load average {loadavg()}")
-        self.sqlite_main()
-        if not a.skip_pg:
+        if not a.only_bulk:
+            self.sqlite_main()
+        if not a.skip_pg and not a.only_bulk:
             self.postgres()
         if not a.skip_bulk:
             self.bulk()
@@ -743,6 +744,7 @@ def main():
     ap.add_argument("--bulk-links", type=int, default=1_000_000)
     ap.add_argument("--skip-bulk", action="store_true")
     ap.add_argument("--skip-pg", action="store_true")
+    ap.add_argument("--only-bulk", action="store_true", help="only the bulk import (no request scenarios)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (databases, request files)")
     a = ap.parse_args()
     for tool in ("wrk", "sqlite3"):

@@ -1,5 +1,7 @@
-//! The embedded default: SQLite in WAL mode. Writes go through one connection, so every read-then-write rule
-//! runs serially without retries; reads use a small pool of read-only connections.
+//! The embedded default: SQLite in WAL mode. Writes run one at a time — on the sqlx writer connection (a pool of
+//! one), or, for new links, on the link writer's rusqlite connection while a batch holds that sqlx connection
+//! (`sqlite_links.rs`) — so every read-then-write rule runs serially without retries; reads use a small pool of
+//! read-only connections.
 
 use std::str::FromStr;
 use std::sync::Arc;

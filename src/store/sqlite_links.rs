@@ -67,6 +67,7 @@ impl LinkWriter {
         let checkpointer = Checkpointer {
             conn: Arc::new(Mutex::new(open(path, sync)?)),
             running: Arc::new(AtomicBool::new(false)),
+            finished: Arc::new(AtomicBool::new(false)),
             last: None,
             dirty: false,
         };
@@ -111,13 +112,18 @@ fn open(path: &Path, sync: Synchronous) -> rusqlite::Result<Connection> {
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// Copies the WAL's pages into the database file on a connection and a blocking thread of its own, so that the
-/// copy and its `fsync` never stall a batch. SQLite's automatic checkpoint would run them inside the commit that
-/// crosses 1 000 pages: the link writer's p99 at c=16 was 19–21 ms with it, 6.4 ms without (`docs/benchmarks.md`).
-/// A `PASSIVE` checkpoint takes no lock a writer or reader waits for. The sqlx writer connection (all other
-/// writes, rarer) keeps the automatic checkpoint.
+/// copy and its `fsync` do not stall a batch. SQLite's automatic checkpoint would run them inside the commit that
+/// crosses 1 000 pages: the link writer's p99 at c=16 was 19–24 ms with it, 8–9 ms with this (`docs/benchmarks.md`).
+/// A `PASSIVE` checkpoint takes no lock a writer or reader waits for. But the WAL starts over from its beginning
+/// only when a write finds it wholly copied, which a checkpoint running beside a busy writer never leaves it: so
+/// after each background checkpoint, the writer copies the few frames appended since, itself, between two batches
+/// (`finish`), and the next write restarts the WAL. The sqlx writer connection (all other writes, rarer) keeps the
+/// automatic checkpoint.
 struct Checkpointer {
     conn: Arc<Mutex<Connection>>,
     running: Arc<AtomicBool>,
+    /// A background checkpoint finished; the writer has not copied the frames appended since.
+    finished: Arc<AtomicBool>,
     /// When the last one started.
     last: Option<Instant>,
     /// Links were written since the last one started.
@@ -140,15 +146,30 @@ impl Checkpointer {
         }
         self.last = Some(Instant::now());
         self.dirty = false;
-        let (conn, running) = (self.conn.clone(), self.running.clone());
+        let (conn, running, finished) = (self.conn.clone(), self.running.clone(), self.finished.clone());
         tokio::task::spawn_blocking(move || {
             let conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                tracing::warn!(error = %e, "WAL checkpoint failed");
+            match checkpoint(&conn) {
+                Ok(()) => finished.store(true, Ordering::Release),
+                Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
             }
             running.store(false, Ordering::Release);
         });
     }
+}
+
+/// On the writer's connection, between batches (no write in progress): after a background checkpoint, copies what
+/// was appended since, so that the next write can restart the WAL.
+fn finish(conn: &Connection, finished: &AtomicBool) {
+    if finished.swap(false, Ordering::AcqRel)
+        && let Err(e) = checkpoint(conn)
+    {
+        tracing::warn!(error = %e, "WAL checkpoint failed");
+    }
+}
+
+fn checkpoint(conn: &Connection) -> rusqlite::Result<()> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
 }
 
 /// Takes the jobs waiting, holds the write lock, runs them as one transaction on a blocking thread; while more have
@@ -197,12 +218,13 @@ async fn batches(
                 size += job.links.len();
                 jobs.push(job);
             }
-            let conn = conn.clone();
+            let (conn, finished) = (conn.clone(), checkpointer.finished.clone());
             // A panic cannot happen here (no unwrap on this path); were it to, the jobs' reply senders are dropped
             // and their callers get an internal error.
             let _ = tokio::task::spawn_blocking(move || {
                 let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
                 run_batch(&mut conn, jobs);
+                finish(&conn, &finished);
             })
             .await;
             next = rx.try_recv().ok();
@@ -419,6 +441,11 @@ mod tests {
 
     /// A store with five issues; their ids.
     async fn five_issues(dir: &tempfile::TempDir) -> (String, SqliteStore, OrgId, Vec<i64>) {
+        issues(dir, 5).await
+    }
+
+    /// A store with `n` issues; their ids.
+    async fn issues(dir: &tempfile::TempDir, n: usize) -> (String, SqliteStore, OrgId, Vec<i64>) {
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         let store = SqliteStore::open(&url, Synchronous::Normal).await.unwrap();
         let org = OrgId::parse("o").unwrap();
@@ -432,7 +459,7 @@ mod tests {
         };
         let queue = store.create_queue(&org, &queue, 1).await.unwrap();
         let mut ids = Vec::new();
-        for n in 0..5 {
+        for n in 0..n {
             let issue = store
                 .create_issue(&NewIssue {
                     org: org.clone(),
@@ -556,10 +583,10 @@ mod tests {
         for (a, b) in [(0, 1), (1, 2), (2, 3), (3, 4)] {
             store.create_link(&link(&org, i[a], "relates", i[b])).await.unwrap();
         }
-        let copy = dir.path().join("copy.db");
         let mut links = 0;
-        for _ in 0..40 {
+        for n in 0..40 {
             tokio::time::sleep(Duration::from_millis(100)).await;
+            let copy = dir.path().join(format!("copy{n}.db"));
             // The database file alone, without its WAL: what a checkpoint has copied into it.
             std::fs::copy(url.trim_start_matches("sqlite://"), &copy).unwrap();
             let conn = Connection::open(&copy).unwrap();
@@ -573,5 +600,53 @@ mod tests {
             }
         }
         assert_eq!(links, 4, "the links reached the database file within 4 s");
+    }
+
+    /// The WAL header's first salt, which SQLite increments each time the WAL starts over from its beginning.
+    fn wal_restarts(url: &str) -> u32 {
+        let bytes = std::fs::read(format!("{}-wal", url.trim_start_matches("sqlite://"))).unwrap();
+        u32::from_be_bytes(bytes[16..20].try_into().unwrap())
+    }
+
+    /// Under writes that never pause, the WAL still starts over (it would otherwise grow without bound: a
+    /// checkpoint running beside a busy writer never leaves the WAL wholly copied by itself).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_starts_over_while_links_keep_being_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, store, org, ids) = issues(&dir, 150).await;
+        let store = Arc::new(store);
+        let before = wal_restarts(&url);
+        let pairs: Vec<(i64, i64)> = ids
+            .iter()
+            .enumerate()
+            .flat_map(|(n, a)| ids[n + 1..].iter().map(move |b| (*a, *b)))
+            .collect();
+        let pairs = Arc::new(Mutex::new(pairs));
+        let until = Instant::now() + Duration::from_secs(3);
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (store, org, pairs) = (store.clone(), org.clone(), pairs.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut written = 0;
+                while Instant::now() < until {
+                    let Some((a, b)) = pairs.lock().unwrap().pop() else {
+                        break;
+                    };
+                    store.create_link(&link(&org, a, "relates", b)).await.unwrap();
+                    written += 1;
+                }
+                written
+            }));
+        }
+        let mut written = 0;
+        for t in tasks {
+            written += t.await.unwrap();
+        }
+        assert!(written > 500, "only {written} links written");
+        let after = wal_restarts(&url);
+        assert!(
+            after > before,
+            "the WAL never started over during {written} link writes ({before} → {after})"
+        );
     }
 }
