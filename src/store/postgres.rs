@@ -29,9 +29,6 @@ impl PgStore {
     /// How the outbox claim locks the rows it picks.
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
 
-    /// Whether a batch of link imports needs a savepoint per record (see `import_links`).
-    const SAVEPOINT_PER_RECORD: bool = true;
-
     /// Other replicas write to the same database, so this process cannot know when an answer goes stale.
     fn epoch(&self) -> Option<crate::store::ReadEpoch> {
         None

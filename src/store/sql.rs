@@ -1301,27 +1301,24 @@ macro_rules! impl_store {
             }
 
             async fn create_link(&self, new: &NewLink) -> Result<LinkView> {
-                let id = if let Some(writer) = self.link_writer() {
-                    // The view comes back from the writer's transaction.
+                if let Some(writer) = self.link_writer() {
+                    // Written in a batch; the view comes back from the writer's transaction.
                     let mut out = writer.write(vec![new.clone()], true).await?;
-                    let written =
-                        out.pop().unwrap_or_else(|| Err(Error::Internal(anyhow::anyhow!("a link write gave no outcome"))))?;
-                    match written {
-                        (_, Some(view)) => return Ok(view),
-                        (id, None) => id,
-                    }
-                } else {
-                    let mut tx = self.write().await?;
-                    match new.relationship.ty {
-                        LinkType::Depends => Self::lock_graph(&mut tx, &new.org, CycleRule::Depends).await?,
-                        LinkType::Subtask => Self::lock_graph(&mut tx, &new.org, CycleRule::Subtask).await?,
-                        _ => {}
-                    }
-                    let id = crate::store::link_rules::insert_link(&mut tx, new).await?;
-                    tx.commit().await?;
-                    id
-                };
-                // Read back after the commit, outside the (on SQLite, serial) write transaction.
+                    return match out.pop() {
+                        Some(Ok((_, Some(view)))) => Ok(view),
+                        Some(Err(e)) => Err(e),
+                        _ => Err(Error::Internal(anyhow::anyhow!("a link write gave no view"))),
+                    };
+                }
+                let mut tx = self.write().await?;
+                match new.relationship.ty {
+                    LinkType::Depends => Self::lock_graph(&mut tx, &new.org, CycleRule::Depends).await?,
+                    LinkType::Subtask => Self::lock_graph(&mut tx, &new.org, CycleRule::Subtask).await?,
+                    _ => {}
+                }
+                let id = crate::store::link_rules::insert_link(&mut tx, new).await?;
+                tx.commit().await?;
+                // Read back after the commit, outside the write transaction.
                 Self::link_view(self.read(), &new.org, new.this, id)
                     .await?
                     .ok_or_else(|| Error::not_found("link", "The link was deleted as soon as it was created"))
@@ -1369,27 +1366,19 @@ macro_rules! impl_store {
                 Self::lock_graph(&mut tx, org, CycleRule::Subtask).await?;
                 let mut out = Vec::with_capacity(batch.len());
                 for new in batch {
-                    // A record that breaks a rule writes nothing, the others still land. PostgreSQL needs a savepoint
-                    // per record for that (a failed statement aborts its transaction); SQLite undoes just the failed
-                    // statement, and an imported link's only write is its `INSERT` (it touches no issue), so there
-                    // it goes without (19 % of an import's time, see docs/benchmarks.md).
-                    let savepoint = Self::SAVEPOINT_PER_RECORD || !new.import;
-                    if savepoint {
-                        sqlx::query("SAVEPOINT link_record").execute(&mut *tx).await?;
-                    }
+                    // A record that breaks a rule writes nothing, the others still land: a savepoint per record, as
+                    // a failed statement aborts a PostgreSQL transaction. (SQLite's link writer, which writes the
+                    // links of that backend, goes without: SQLite undoes just the failed statement.)
+                    sqlx::query("SAVEPOINT link_record").execute(&mut *tx).await?;
                     match crate::store::link_rules::insert_link(&mut tx, new).await {
                         Ok(id) => {
-                            if savepoint {
-                                sqlx::query("RELEASE SAVEPOINT link_record").execute(&mut *tx).await?;
-                            }
+                            sqlx::query("RELEASE SAVEPOINT link_record").execute(&mut *tx).await?;
                             out.push(Ok(id));
                         }
                         Err(e @ Error::Internal(_)) => return Err(e),
                         Err(e) => {
-                            if savepoint {
-                                sqlx::query("ROLLBACK TO SAVEPOINT link_record").execute(&mut *tx).await?;
-                                sqlx::query("RELEASE SAVEPOINT link_record").execute(&mut *tx).await?;
-                            }
+                            sqlx::query("ROLLBACK TO SAVEPOINT link_record").execute(&mut *tx).await?;
+                            sqlx::query("RELEASE SAVEPOINT link_record").execute(&mut *tx).await?;
                             out.push(Err(e));
                         }
                     }

@@ -103,9 +103,6 @@ impl SqliteStore {
     /// How the outbox claim locks the rows it picks.
     const SKIP_LOCKED: &'static str = "";
 
-    /// Whether a batch of link imports needs a savepoint per record (see `import_links`).
-    const SAVEPOINT_PER_RECORD: bool = false;
-
     /// The generation first, then whether the writer connection is idle: a write that takes the connection in
     /// between has already made it not idle, or will bump the generation after this read.
     fn epoch(&self) -> Option<crate::store::ReadEpoch> {
