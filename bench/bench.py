@@ -302,11 +302,11 @@ class Bench:
     def run(self):
         a = self.a
         log(f"work dir {self.work}; results in {self.out}; load average {loadavg()}")
-        if not a.only_bulk:
+        if not a.only_bulk and not a.only_pg:
             self.sqlite_main()
         if not a.skip_pg and not a.only_bulk:
             self.postgres()
-        if not a.skip_bulk:
+        if not a.skip_bulk and not a.only_pg:
             self.bulk()
         self.results["load_after"] = loadavg()
         self.results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -745,6 +745,7 @@ def main():
     ap.add_argument("--skip-bulk", action="store_true")
     ap.add_argument("--skip-pg", action="store_true")
     ap.add_argument("--only-bulk", action="store_true", help="only the bulk import (no request scenarios)")
+    ap.add_argument("--only-pg", action="store_true", help="only the PostgreSQL scenarios")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (databases, request files)")
     a = ap.parse_args()
     for tool in ("wrk", "sqlite3"):

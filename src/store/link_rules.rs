@@ -23,9 +23,10 @@ pub(super) const CURRENT_EPIC_SQL: &str =
 pub(super) const CURRENT_PARENT_SQL: &str =
     "SELECT p.key FROM links l JOIN issues p ON p.id = l.outward_id WHERE l.inward_id = $1 AND l.type = 'subtask'";
 
-/// Inserts a link row and returns its id.
+/// Inserts a link row and returns its id; returns no row when a unique index (one link per pair, one parent, one
+/// epic) refuses it — which, unlike a failed statement, leaves a PostgreSQL transaction usable.
 pub(super) const INSERT_LINK_SQL: &str = "INSERT INTO links (org_id, type, outward_id, inward_id, lo, hi, created_by, updated_by, created_at, updated_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id";
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING RETURNING id";
 
 /// Sets issue `$1`'s `updatedAt` to `$2`.
 pub(super) const TOUCH_ISSUE_SQL: &str = "UPDATE issues SET updated_at = $2 WHERE id = $1";
@@ -42,8 +43,10 @@ pub(super) struct PairRow {
 pub(super) trait LinkTx {
     /// The rows of [`PAIR_SQL`].
     async fn pair(&mut self, org: &str, this: i64, other: i64, lo: i64, hi: i64) -> Result<Vec<PairRow>>;
-    /// The first column of the first row of `sql` (a key), which takes one parameter `$1`.
-    async fn key_of(&mut self, sql: &'static str, id: i64) -> Result<Option<String>>;
+    /// The key of the epic `issue` is in ([`CURRENT_EPIC_SQL`]).
+    async fn epic_of(&mut self, issue: i64) -> Result<Option<String>>;
+    /// The key of `issue`'s parent ([`CURRENT_PARENT_SQL`]).
+    async fn parent_of(&mut self, issue: i64) -> Result<Option<String>>;
     /// Whether `to` is reachable from `from` along `rule`'s links.
     async fn reaches(&mut self, from: i64, rule: CycleRule, to: i64) -> Result<bool>;
     /// Runs [`INSERT_LINK_SQL`] with its ten parameters; `None` when a unique index refused the row.
@@ -106,7 +109,7 @@ pub(super) async fn insert_link<T: LinkTx>(tx: &mut T, new: &NewLink) -> Result<
                     format!("Epic {} cannot be in an epic", key(outward)),
                 ));
             }
-            if let Some(epic) = tx.key_of(CURRENT_EPIC_SQL, outward).await? {
+            if let Some(epic) = tx.epic_of(outward).await? {
                 return Err(Error::rule(
                     "relationship",
                     format!("Issue {} is already in epic {epic}", key(outward)),
@@ -120,7 +123,7 @@ pub(super) async fn insert_link<T: LinkTx>(tx: &mut T, new: &NewLink) -> Result<
                     format!("Epic {} cannot be a sub-issue", key(inward)),
                 ));
             }
-            if let Some(p) = tx.key_of(CURRENT_PARENT_SQL, inward).await? {
+            if let Some(p) = tx.parent_of(inward).await? {
                 return Err(Error::rule(
                     "relationship",
                     format!("Issue {} already has a parent issue {p}", key(inward)),

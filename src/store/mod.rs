@@ -4,7 +4,9 @@
 //! 64-bit integers on both, so only connection handling and locking differ.
 
 pub mod copy;
+mod link_batch;
 mod link_rules;
+mod pg_links;
 mod postgres;
 mod sql;
 mod sqlite;

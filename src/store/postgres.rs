@@ -6,9 +6,14 @@
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
+/// How long a pooled connection may sit idle before it is pinged on its way out of the pool.
+const IDLE_PING_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The PostgreSQL store.
 pub struct PgStore {
     pool: PgPool,
+    /// Writes new links, batched (see `pg_links.rs`).
+    links: super::link_batch::LinkWriter,
 }
 
 impl PgStore {
@@ -17,10 +22,23 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(std::time::Duration::from_secs(10))
+            // sqlx pings every connection it hands out: a round trip to the server before each statement of a
+            // request. Only one that has been idle a while (the server may have closed it) is pinged here; a
+            // connection that broke since its last use fails that one request, and sqlx drops it.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= IDLE_PING_AFTER {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect(url)
             .await?;
         sqlx::migrate!("migrations/postgres").run(&pool).await?;
-        Ok(PgStore { pool })
+        let links = super::pg_links::start(pool.clone());
+        Ok(PgStore { pool, links })
     }
 
     /// How a read-then-write locks the row it reads (SQLite's writes are already serial).
@@ -34,9 +52,8 @@ impl PgStore {
         None
     }
 
-    /// Links are written in the request's own transaction (replicas share the graph locks).
-    fn link_writer(&self) -> Option<&super::sqlite_links::LinkWriter> {
-        None
+    fn link_writer(&self) -> &super::link_batch::LinkWriter {
+        &self.links
     }
 
     fn read(&self) -> &PgPool {
@@ -56,11 +73,7 @@ impl PgStore {
         org: &OrgId,
         rule: CycleRule,
     ) -> Result<()> {
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(format!("tether.links.{org}.{}", rule.name()))
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
+        super::pg_links::lock_graph(tx, org.as_str(), rule).await
     }
 }
 

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 /// A no-cycle rule, whose checks `lock_graph` serialises, per organization. A transaction that takes both takes
-/// `Depends` first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `Depends` first (their order here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum CycleRule {
     /// `depends` links.
     Depends,
@@ -56,19 +56,36 @@ pub(super) const ISSUE_SELECT: &str = "SELECT i.id, i.key, i.summary, i.descript
      LEFT JOIN links pl ON pl.inward_id = i.id AND pl.type = 'subtask' \
      LEFT JOIN issues p ON p.id = pl.outward_id ";
 
-/// The columns of a link seen from issue `$2` in organization `$1`, with the other issue and people joined in.
-pub(super) const LINK_SELECT: &str = "SELECT l.id, l.type AS ty, l.outward_id, t.key AS this_key, \
-     o.id AS object_id, o.key AS object_key, o.summary AS object_summary, o.status AS object_status, \
-     o.assignee_uid, au.display AS assignee_display, \
-     l.created_by, cu.display AS created_by_display, l.updated_by, uu.display AS updated_by_display, \
-     l.created_at, l.updated_at \
-     FROM links l \
-     JOIN issues t ON t.id = $2 \
-     JOIN issues o ON o.id = CASE WHEN l.outward_id = $2 THEN l.inward_id ELSE l.outward_id END \
-     LEFT JOIN users au ON au.uid = o.assignee_uid \
-     JOIN users cu ON cu.uid = l.created_by \
-     JOIN users uu ON uu.uid = l.updated_by \
-     WHERE l.org_id = $1 AND (l.outward_id = $2 OR l.inward_id = $2) ";
+/// The columns of a link seen from its `this` issue (the SQL expression `$this`), with the other issue and people
+/// joined in; `$from` names the links as `l` (and whatever supplies `$this`).
+macro_rules! link_select {
+    ($from:literal, $this:literal) => {
+        concat!(
+            "SELECT l.id, l.type AS ty, l.outward_id, t.key AS this_key, \
+             o.id AS object_id, o.key AS object_key, o.summary AS object_summary, o.status AS object_status, \
+             o.assignee_uid, au.display AS assignee_display, \
+             l.created_by, cu.display AS created_by_display, l.updated_by, uu.display AS updated_by_display, \
+             l.created_at, l.updated_at \
+             FROM ",
+            $from,
+            " JOIN issues t ON t.id = ",
+            $this,
+            " JOIN issues o ON o.id = CASE WHEN l.outward_id = ",
+            $this,
+            " THEN l.inward_id ELSE l.outward_id END \
+             LEFT JOIN users au ON au.uid = o.assignee_uid \
+             JOIN users cu ON cu.uid = l.created_by \
+             JOIN users uu ON uu.uid = l.updated_by "
+        )
+    };
+}
+pub(super) use link_select;
+
+/// The links of issue `$2` in organization `$1`, seen from it.
+pub(super) const LINK_SELECT: &str = concat!(
+    link_select!("links l", "$2"),
+    "WHERE l.org_id = $1 AND (l.outward_id = $2 OR l.inward_id = $2) "
+);
 
 /// Whether `$2` is reachable from `$1` following outward → inward edges of one type. The type is written into the
 /// SQL, one constant statement per type, not bound: SQLite compares a bound `l.type = $n` with the `WHERE type = …`
@@ -752,71 +769,6 @@ macro_rules! impl_store {
             }
         }
 
-        impl<'c> crate::store::link_rules::LinkTx for sqlx::Transaction<'c, $db> {
-            async fn pair(
-                &mut self,
-                org: &str,
-                this: i64,
-                other: i64,
-                lo: i64,
-                hi: i64,
-            ) -> Result<Vec<crate::store::link_rules::PairRow>> {
-                let rows = sqlx::query(crate::store::link_rules::PAIR_SQL)
-                    .bind(org)
-                    .bind(this)
-                    .bind(other)
-                    .bind(lo)
-                    .bind(hi)
-                    .fetch_all(&mut **self)
-                    .await?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(crate::store::link_rules::PairRow {
-                            id: r.try_get(0)?,
-                            key: r.try_get(1)?,
-                            ty: r.try_get(2)?,
-                            linked: r.try_get(3)?,
-                        })
-                    })
-                    .collect()
-            }
-
-            async fn key_of(&mut self, sql: &'static str, id: i64) -> Result<Option<String>> {
-                Ok(sqlx::query_scalar(sql).bind(id).fetch_optional(&mut **self).await?)
-            }
-
-            async fn reaches(&mut self, from: i64, rule: CycleRule, to: i64) -> Result<bool> {
-                let n: i64 = sqlx::query_scalar(rule.reaches_sql()).bind(from).bind(to).fetch_one(&mut **self).await?;
-                Ok(n > 0)
-            }
-
-            async fn insert(&mut self, row: &crate::store::link_rules::LinkInsert<'_>) -> Result<Option<i64>> {
-                let inserted = sqlx::query_scalar::<$db, i64>(crate::store::link_rules::INSERT_LINK_SQL)
-                    .bind(row.org)
-                    .bind(row.ty)
-                    .bind(row.outward)
-                    .bind(row.inward)
-                    .bind(row.lo)
-                    .bind(row.hi)
-                    .bind(row.created_by)
-                    .bind(row.updated_by)
-                    .bind(row.created_at)
-                    .bind(row.updated_at)
-                    .fetch_one(&mut **self)
-                    .await;
-                match inserted {
-                    Ok(id) => Ok(Some(id)),
-                    Err(e) if is_unique_violation(&e) => Ok(None),
-                    Err(e) => Err(e.into()),
-                }
-            }
-
-            async fn touch(&mut self, issue: i64, at: Millis) -> Result<()> {
-                sqlx::query(crate::store::link_rules::TOUCH_ISSUE_SQL).bind(issue).bind(at).execute(&mut **self).await?;
-                Ok(())
-            }
-        }
-
         #[async_trait]
         impl Store for $store {
             async fn ping(&self) -> Result<()> {
@@ -1301,27 +1253,13 @@ macro_rules! impl_store {
             }
 
             async fn create_link(&self, new: &NewLink) -> Result<LinkView> {
-                if let Some(writer) = self.link_writer() {
-                    // Written in a batch; the view comes back from the writer's transaction.
-                    let mut out = writer.write(vec![new.clone()], true).await?;
-                    return match out.pop() {
-                        Some(Ok((_, Some(view)))) => Ok(view),
-                        Some(Err(e)) => Err(e),
-                        _ => Err(Error::Internal(anyhow::anyhow!("a link write gave no view"))),
-                    };
+                // Written in a batch; the view comes back from the writer's transaction.
+                let mut out = self.link_writer().write(vec![new.clone()], true).await?;
+                match out.pop() {
+                    Some(Ok((_, Some(view)))) => Ok(view),
+                    Some(Err(e)) => Err(e),
+                    _ => Err(Error::Internal(anyhow::anyhow!("a link write gave no view"))),
                 }
-                let mut tx = self.write().await?;
-                match new.relationship.ty {
-                    LinkType::Depends => Self::lock_graph(&mut tx, &new.org, CycleRule::Depends).await?,
-                    LinkType::Subtask => Self::lock_graph(&mut tx, &new.org, CycleRule::Subtask).await?,
-                    _ => {}
-                }
-                let id = crate::store::link_rules::insert_link(&mut tx, new).await?;
-                tx.commit().await?;
-                // Read back after the commit, outside the write transaction.
-                Self::link_view(self.read(), &new.org, new.this, id)
-                    .await?
-                    .ok_or_else(|| Error::not_found("link", "The link was deleted as soon as it was created"))
             }
 
             async fn list_links(&self, org: &OrgId, issue: i64) -> Result<Vec<LinkView>> {
@@ -1356,35 +1294,9 @@ macro_rules! impl_store {
                 Ok(true)
             }
 
-            async fn import_links(&self, org: &OrgId, batch: &[NewLink]) -> Result<Vec<Result<i64>>> {
-                if let Some(writer) = self.link_writer() {
-                    let out = writer.write(batch.to_vec(), false).await?;
-                    return Ok(out.into_iter().map(|r| r.map(|(id, _)| id)).collect());
-                }
-                let mut tx = self.write().await?;
-                Self::lock_graph(&mut tx, org, CycleRule::Depends).await?;
-                Self::lock_graph(&mut tx, org, CycleRule::Subtask).await?;
-                let mut out = Vec::with_capacity(batch.len());
-                for new in batch {
-                    // A record that breaks a rule writes nothing, the others still land: a savepoint per record, as
-                    // a failed statement aborts a PostgreSQL transaction. (SQLite's link writer, which writes the
-                    // links of that backend, goes without: SQLite undoes just the failed statement.)
-                    sqlx::query("SAVEPOINT link_record").execute(&mut *tx).await?;
-                    match crate::store::link_rules::insert_link(&mut tx, new).await {
-                        Ok(id) => {
-                            sqlx::query("RELEASE SAVEPOINT link_record").execute(&mut *tx).await?;
-                            out.push(Ok(id));
-                        }
-                        Err(e @ Error::Internal(_)) => return Err(e),
-                        Err(e) => {
-                            sqlx::query("ROLLBACK TO SAVEPOINT link_record").execute(&mut *tx).await?;
-                            sqlx::query("RELEASE SAVEPOINT link_record").execute(&mut *tx).await?;
-                            out.push(Err(e));
-                        }
-                    }
-                }
-                tx.commit().await?;
-                Ok(out)
+            async fn import_links(&self, _org: &OrgId, batch: &[NewLink]) -> Result<Vec<Result<i64>>> {
+                let out = self.link_writer().write(batch.to_vec(), false).await?;
+                Ok(out.into_iter().map(|r| r.map(|(id, _)| id)).collect())
             }
 
             async fn issue_graph(

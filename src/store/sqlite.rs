@@ -27,7 +27,7 @@ pub struct SqliteStore {
     /// back in the pool.
     generation: Arc<AtomicU64>,
     /// Writes new links, batched (see `sqlite_links.rs`).
-    links: super::sqlite_links::LinkWriter,
+    links: super::link_batch::LinkWriter,
 }
 
 impl SqliteStore {
@@ -83,7 +83,7 @@ impl SqliteStore {
             .await?;
         sqlx::migrate!("migrations/sqlite").run(&writer).await?;
         drop(lock);
-        let links = super::sqlite_links::LinkWriter::start(opts.get_filename(), sync, writer.clone())?;
+        let links = super::sqlite_links::start(opts.get_filename(), sync, writer.clone())?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .test_before_acquire(false)
@@ -111,8 +111,8 @@ impl SqliteStore {
         Some(crate::store::ReadEpoch { generation, quiet })
     }
 
-    fn link_writer(&self) -> Option<&super::sqlite_links::LinkWriter> {
-        Some(&self.links)
+    fn link_writer(&self) -> &super::link_batch::LinkWriter {
+        &self.links
     }
 
     fn read(&self) -> &SqlitePool {

@@ -21,9 +21,13 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, ToSql};
 use sqlx::SqlitePool;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use super::link_rules::{INSERT_LINK_SQL, LinkInsert, LinkTx, PAIR_SQL, PairRow, TOUCH_ISSUE_SQL, insert_link};
+use super::link_batch::{Job, LinkWriter, Outcome, gather};
+use super::link_rules::{
+    CURRENT_EPIC_SQL, CURRENT_PARENT_SQL, INSERT_LINK_SQL, LinkInsert, LinkTx, PAIR_SQL, PairRow, TOUCH_ISSUE_SQL,
+    insert_link,
+};
 use super::sql::CycleRule;
 use super::sql::{LINK_SELECT, LinkRow};
 use super::sqlite::Synchronous;
@@ -31,62 +35,26 @@ use super::{LinkView, NewLink};
 use crate::domain::dates::Millis;
 use crate::error::{Error, Result};
 
-/// The most links one transaction takes (an import batch is 500).
-const MAX_BATCH_LINKS: usize = 2_000;
-
 /// The most batches one hold of the write lock runs back to back while requests keep coming, before other writes
 /// get their turn.
 const MAX_BATCHES_PER_HOLD: usize = 8;
 
-/// A written record: its id, and its view when the job asked for it.
-pub(super) type Written = (i64, Option<LinkView>);
-
-/// Each record's outcome, or the job's failure.
-type Outcome = Result<Vec<Result<Written>>>;
-
-/// Links to write, and where their outcome goes.
-struct Job {
-    links: Vec<NewLink>,
-    /// Read each written link back (as seen from its `this` issue), in the same transaction.
-    views: bool,
-    reply: oneshot::Sender<Outcome>,
-}
-
-/// The handle the store keeps; the batching task ends when it is dropped.
-pub(super) struct LinkWriter {
-    jobs: mpsc::UnboundedSender<Job>,
-}
-
-impl LinkWriter {
-    /// Opens the connection (the database exists and is migrated) and starts the batching task.
-    pub(super) fn start(path: &Path, sync: Synchronous, lock: SqlitePool) -> anyhow::Result<LinkWriter> {
-        let conn = open(path, sync)?;
-        conn.set_prepared_statement_cache_capacity(32);
-        // Checkpoints run beside the writer, not in its commits (see `Checkpointer`).
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        let checkpointer = Checkpointer {
-            conn: Arc::new(Mutex::new(open(path, sync)?)),
-            running: Arc::new(AtomicBool::new(false)),
-            finished: Arc::new(AtomicBool::new(false)),
-            last: None,
-            dirty: false,
-        };
-        let (jobs, rx) = mpsc::unbounded_channel();
-        tokio::spawn(batches(rx, Arc::new(Mutex::new(conn)), lock, checkpointer));
-        Ok(LinkWriter { jobs })
-    }
-
-    /// Writes `links`, each under the rules, in one transaction with whatever else is waiting: each record's id
-    /// (and view, when `views`) or the rule it broke (a refused record writes nothing; the others land).
-    pub(super) async fn write(&self, links: Vec<NewLink>, views: bool) -> Outcome {
-        let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job { links, views, reply })
-            .map_err(|_| Error::Internal(anyhow::anyhow!("the SQLite link writer has stopped")))?;
-        answer
-            .await
-            .map_err(|_| Error::Internal(anyhow::anyhow!("the SQLite link writer dropped a batch")))?
-    }
+/// Opens the connection (the database exists and is migrated) and starts the batching task.
+pub(super) fn start(path: &Path, sync: Synchronous, lock: SqlitePool) -> anyhow::Result<LinkWriter> {
+    let conn = open(path, sync)?;
+    conn.set_prepared_statement_cache_capacity(32);
+    // Checkpoints run beside the writer, not in its commits (see `Checkpointer`).
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    let checkpointer = Checkpointer {
+        conn: Arc::new(Mutex::new(open(path, sync)?)),
+        running: Arc::new(AtomicBool::new(false)),
+        finished: Arc::new(AtomicBool::new(false)),
+        last: None,
+        dirty: false,
+    };
+    let (writer, rx) = LinkWriter::channel();
+    tokio::spawn(batches(rx, Arc::new(Mutex::new(conn)), lock, checkpointer));
+    Ok(writer)
 }
 
 /// A read-write connection with the store's settings.
@@ -211,13 +179,7 @@ async fn batches(
         for _ in 0..MAX_BATCHES_PER_HOLD {
             let Some(first) = next.take() else { break };
             // What arrived while the previous batch ran or the lock was taken joins this one.
-            let mut size = first.links.len();
-            let mut jobs = vec![first];
-            while size < MAX_BATCH_LINKS {
-                let Ok(job) = rx.try_recv() else { break };
-                size += job.links.len();
-                jobs.push(job);
-            }
+            let jobs = gather(first, &mut rx);
             let (conn, finished) = (conn.clone(), checkpointer.finished.clone());
             // A panic cannot happen here (no unwrap on this path); were it to, the jobs' reply senders are dropped
             // and their callers get an internal error.
@@ -348,6 +310,16 @@ impl<'a> Rs<'a> {
         }
         Ok(stmt)
     }
+
+    /// The first column of the first row of `sql` (a key), which takes one parameter `$1`.
+    fn key_of(&self, sql: &'static str, id: i64) -> Result<Option<String>> {
+        let mut stmt = self.statement(sql, &[&id]).map_err(internal)?;
+        let mut rows = stmt.raw_query();
+        match rows.next().map_err(internal)? {
+            Some(r) => Ok(Some(r.get(0).map_err(internal)?)),
+            None => Ok(None),
+        }
+    }
 }
 
 impl LinkTx for Rs<'_> {
@@ -368,13 +340,12 @@ impl LinkTx for Rs<'_> {
         Ok(out)
     }
 
-    async fn key_of(&mut self, sql: &'static str, id: i64) -> Result<Option<String>> {
-        let mut stmt = self.statement(sql, &[&id]).map_err(internal)?;
-        let mut rows = stmt.raw_query();
-        match rows.next().map_err(internal)? {
-            Some(r) => Ok(Some(r.get(0).map_err(internal)?)),
-            None => Ok(None),
-        }
+    async fn epic_of(&mut self, issue: i64) -> Result<Option<String>> {
+        self.key_of(CURRENT_EPIC_SQL, issue)
+    }
+
+    async fn parent_of(&mut self, issue: i64) -> Result<Option<String>> {
+        self.key_of(CURRENT_PARENT_SQL, issue)
     }
 
     async fn reaches(&mut self, from: i64, rule: CycleRule, to: i64) -> Result<bool> {
@@ -403,23 +374,10 @@ impl LinkTx for Rs<'_> {
             &row.updated_at,
         ];
         let mut stmt = self.statement(INSERT_LINK_SQL, &values).map_err(internal)?;
-        let first = stmt
-            .raw_query()
-            .next()
-            .and_then(|r| r.map(|r| r.get::<_, i64>(0)).transpose());
-        match first {
-            Ok(Some(id)) => Ok(Some(id)),
-            Ok(None) => Err(Error::Internal(anyhow::anyhow!("INSERT … RETURNING gave no row"))),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation
-                    && matches!(
-                        e.extended_code,
-                        rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
-                    ) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(internal(e)),
+        let mut rows = stmt.raw_query();
+        match rows.next().map_err(internal)? {
+            Some(r) => Ok(Some(r.get(0).map_err(internal)?)),
+            None => Ok(None),
         }
     }
 
@@ -438,6 +396,7 @@ mod tests {
     use crate::domain::OrgId;
     use crate::domain::links::Relationship;
     use crate::store::{NewIssue, NewQueue, SqliteStore, Store};
+    use tokio::sync::oneshot;
 
     /// A store with five issues; their ids.
     async fn five_issues(dir: &tempfile::TempDir) -> (String, SqliteStore, OrgId, Vec<i64>) {

@@ -1,0 +1,61 @@
+//! The queue in front of each backend's link writer (`sqlite_links.rs`, `pg_links.rs`): requests put their new
+//! links on it and wait; the writer's task takes everything waiting and writes it as one transaction (group commit).
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{LinkView, NewLink};
+use crate::error::{Error, Result};
+
+/// The most links one transaction takes (an import batch is 500).
+pub(super) const MAX_BATCH_LINKS: usize = 2_000;
+
+/// A written record: its id, and its view when the job asked for it.
+pub(super) type Written = (i64, Option<LinkView>);
+
+/// Each record's outcome, or the job's failure.
+pub(super) type Outcome = Result<Vec<Result<Written>>>;
+
+/// Links to write, and where their outcome goes.
+pub(super) struct Job {
+    pub links: Vec<NewLink>,
+    /// Read each written link back (as seen from its `this` issue), in the same transaction.
+    pub views: bool,
+    pub reply: oneshot::Sender<Outcome>,
+}
+
+/// The handle the store keeps; the writer's task ends when it is dropped.
+pub(super) struct LinkWriter {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl LinkWriter {
+    /// A handle and the queue its writer's task reads.
+    pub(super) fn channel() -> (LinkWriter, mpsc::UnboundedReceiver<Job>) {
+        let (jobs, rx) = mpsc::unbounded_channel();
+        (LinkWriter { jobs }, rx)
+    }
+
+    /// Writes `links`, each under the rules, in one transaction with whatever else is waiting: each record's id
+    /// (and view, when `views`) or the rule it broke (a refused record writes nothing; the others land).
+    pub(super) async fn write(&self, links: Vec<NewLink>, views: bool) -> Outcome {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job { links, views, reply })
+            .map_err(|_| Error::Internal(anyhow::anyhow!("the link writer has stopped")))?;
+        answer
+            .await
+            .map_err(|_| Error::Internal(anyhow::anyhow!("the link writer dropped a batch")))?
+    }
+}
+
+/// `first` and the jobs waiting behind it, up to [`MAX_BATCH_LINKS`] links.
+pub(super) fn gather(first: Job, rx: &mut mpsc::UnboundedReceiver<Job>) -> Vec<Job> {
+    let mut size = first.links.len();
+    let mut jobs = vec![first];
+    while size < MAX_BATCH_LINKS {
+        let Ok(job) = rx.try_recv() else { break };
+        size += job.links.len();
+        jobs.push(job);
+    }
+    jobs
+}

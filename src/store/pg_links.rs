@@ -1,0 +1,837 @@
+//! PostgreSQL's link writer: the new links of this process's requests (created and imported) are written several
+//! to a transaction (group commit), under the graph locks taken once per batch.
+//!
+//! Why: a `depends` or subtask link is checked under a transaction-scoped advisory lock per organization and rule
+//! (`postgres.rs`), held until the commit has reached the disk. One link per transaction made the lock's holder
+//! wait for a WAL flush on every link, and every link of the organization wait for that holder: 231 creates/s at
+//! c=16 against pgbench's 6 530 one-row transactions/s (`docs/benchmarks.md`). A batch takes the lock once, checks
+//! each of its links against the links before it (one transaction sees its own writes), and shares one flush.
+//! Replicas batch on their own and take the same locks, so the rules hold across processes as before.
+//!
+//! A refused link writes nothing (every rule is checked before the `INSERT`, and the `INSERT` skips a row that a
+//! unique index refuses, `ON CONFLICT DO NOTHING`), so a batch goes on past refusals without savepoints. A fault (a
+//! failed statement aborts a PostgreSQL transaction) rolls the batch back, and its jobs are written again one
+//! transaction each, so that the fault is the job's own.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sqlx::postgres::{PgConnection, PgPool};
+use sqlx::{Postgres, Row, Transaction};
+#[cfg(test)]
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+use super::link_batch::{Job, LinkWriter, Outcome, gather};
+use super::link_rules::{
+    CURRENT_EPIC_SQL, CURRENT_PARENT_SQL, INSERT_LINK_SQL, LinkInsert, LinkTx, PAIR_SQL, PairRow, insert_link,
+};
+use super::sql::{CycleRule, LinkRow, link_select};
+use super::{LinkView, NewLink};
+use crate::domain::dates::Millis;
+use crate::domain::links::LinkType;
+use crate::error::{Error, Result};
+
+/// Starts the batching task on `pool`.
+pub(super) fn start(pool: PgPool) -> LinkWriter {
+    let (writer, rx) = LinkWriter::channel();
+    tokio::spawn(batches(rx, pool));
+    writer
+}
+
+/// Takes a rule's advisory lock until the end of the transaction: racing writers of the organization's links of
+/// that kind — in this process or another — check their rules one after another.
+pub(super) async fn lock_graph(conn: &mut PgConnection, org: &str, rule: CycleRule) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("tether.links.{org}.{}", rule.name()))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// One batch at a time: what arrives while a batch runs is the next batch.
+async fn batches(mut rx: mpsc::UnboundedReceiver<Job>, pool: PgPool) {
+    while let Some(first) = rx.recv().await {
+        let jobs = gather(first, &mut rx);
+        run_batch(&pool, jobs).await;
+    }
+}
+
+/// Writes `jobs` as one planned transaction; when that cannot be kept (a fault, or a row that a writer elsewhere
+/// got in first), each job again in a transaction of its own, statement by statement.
+async fn run_batch(pool: &PgPool, jobs: Vec<Job>) {
+    if let Ok(Some(all)) = attempt(pool, &jobs, true).await {
+        for (job, out) in jobs.into_iter().zip(all) {
+            let _ = job.reply.send(out);
+        }
+        return;
+    }
+    for job in jobs {
+        let out = match attempt(pool, std::slice::from_ref(&job), false).await {
+            Ok(Some(mut all)) => all
+                .pop()
+                .unwrap_or_else(|| Err(Error::Internal(anyhow::anyhow!("a link job gave no outcome")))),
+            Ok(None) => Err(Error::Internal(anyhow::anyhow!("a link job could not be written"))),
+            Err(e) => Err(e),
+        };
+        let _ = job.reply.send(out);
+    }
+}
+
+/// The links of `jobs` in one transaction — `planned`: the rules' reads for the whole batch up front and the
+/// rows written together at the end ([`Plan`]); else a statement per read and write. `Err` for a fault before the
+/// commit and `None` when a planned write met a row written meanwhile (nothing was written either way); else each
+/// job's outcome — its records' ids (and views) or refusals, or, when the commit failed, that failure.
+async fn attempt(pool: &PgPool, jobs: &[Job], planned: bool) -> Result<Option<Vec<Outcome>>> {
+    let mut tx = Batch {
+        tx: pool.begin().await?,
+        touched: BTreeMap::new(),
+        plan: None,
+    };
+    // The locks the batch's links need, all `Depends` before any `Subtask` (the order every transaction keeps).
+    let locks: BTreeSet<(CycleRule, &str)> = jobs
+        .iter()
+        .flat_map(|j| &j.links)
+        .filter_map(|l| rule_of(l.relationship.ty).map(|rule| (rule, l.org.as_str())))
+        .collect();
+    for (rule, org) in locks {
+        lock_graph(&mut tx.tx, org, rule).await?;
+    }
+    if planned {
+        let links: Vec<&NewLink> = jobs.iter().flat_map(|j| &j.links).collect();
+        tx.plan = Some(Plan::load(&mut tx.tx, &links).await?);
+    }
+    let mut all = Vec::with_capacity(jobs.len());
+    // Links to read back: (this issue, link id).
+    let mut wanted: (Vec<i64>, Vec<i64>) = (Vec::new(), Vec::new());
+    let mut n = 0;
+    for job in jobs {
+        let mut out = Vec::with_capacity(job.links.len());
+        for new in &job.links {
+            if let Some(plan) = &mut tx.plan {
+                plan.current = n;
+            }
+            n += 1;
+            match insert_link(&mut tx, new).await {
+                // The transaction is aborted; nothing of it can be kept.
+                Err(e @ Error::Internal(_)) => return Err(e),
+                Ok(id) => {
+                    if job.views {
+                        wanted.0.push(new.this);
+                        wanted.1.push(id);
+                    }
+                    out.push(Ok((id, None)));
+                }
+                Err(e) => out.push(Err(e)),
+            }
+        }
+        all.push(out);
+    }
+    if let Some(plan) = tx.plan.take()
+        && !plan.write(&mut tx.tx).await?
+    {
+        return Ok(None);
+    }
+    tx.touch_all().await?;
+    let mut views = tx.views(&wanted.0, &wanted.1).await?;
+    for (job, out) in jobs.iter().zip(&mut all) {
+        if !job.views {
+            continue;
+        }
+        for written in out.iter_mut() {
+            if let Ok((id, view)) = written {
+                let found = views.remove(id).ok_or_else(|| {
+                    Error::Internal(anyhow::anyhow!("link {id} was not found in its own transaction"))
+                })?;
+                *view = Some(found);
+            }
+        }
+    }
+    // A failed commit may or may not have written the batch: it is reported, not tried again.
+    Ok(Some(match tx.tx.commit().await {
+        Ok(()) => all.into_iter().map(Ok).collect(),
+        Err(e) => {
+            let e = anyhow::Error::new(e).context("committing a batch of links");
+            jobs.iter()
+                .map(|_| Err(Error::Internal(anyhow::anyhow!("{e:#}"))))
+                .collect()
+        }
+    }))
+}
+
+/// The no-cycle rule a link type is checked under, if any.
+fn rule_of(ty: LinkType) -> Option<CycleRule> {
+    match ty {
+        LinkType::Depends => Some(CycleRule::Depends),
+        LinkType::Subtask => Some(CycleRule::Subtask),
+        _ => None,
+    }
+}
+
+/// The batch's transaction, the issues whose `updatedAt` its links set, and its plan when it has one.
+struct Batch {
+    tx: Transaction<'static, Postgres>,
+    /// Issue id → the latest `updatedAt` a link of the batch gives it.
+    touched: BTreeMap<i64, Millis>,
+    plan: Option<Plan>,
+}
+
+/// [`link_select`] for the links `$2` seen from the issues `$1` (pairwise).
+const LINKS_BY_ID_SQL: &str = link_select!(
+    "unnest($1::bigint[], $2::bigint[]) AS v(this_id, link_id) JOIN links l ON l.id = v.link_id",
+    "v.this_id"
+);
+
+impl Batch {
+    /// Sets the touched issues' `updatedAt`, locking their rows in id order first, so that two transactions
+    /// touching the same issues never wait on each other in a circle.
+    async fn touch_all(&mut self) -> Result<()> {
+        if self.touched.is_empty() {
+            return Ok(());
+        }
+        let (ids, at): (Vec<i64>, Vec<Millis>) = self.touched.iter().map(|(i, a)| (*i, *a)).unzip();
+        sqlx::query("SELECT 1 FROM issues WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .bind(&ids)
+            .execute(&mut *self.tx)
+            .await?;
+        sqlx::query(
+            "UPDATE issues SET updated_at = v.at FROM unnest($1::bigint[], $2::bigint[]) AS v(id, at) \
+             WHERE issues.id = v.id",
+        )
+        .bind(&ids)
+        .bind(&at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// The links `ids`, each seen from its issue in `this` (pairwise), by id.
+    async fn views(&mut self, this: &[i64], ids: &[i64]) -> Result<BTreeMap<i64, LinkView>> {
+        if ids.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let rows = sqlx::query(LINKS_BY_ID_SQL)
+            .bind(this)
+            .bind(ids)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let link = <LinkRow as sqlx::FromRow<'_, sqlx::postgres::PgRow>>::from_row(&row)?.into_view()?;
+            out.insert(link.id, link);
+        }
+        Ok(out)
+    }
+
+    /// The first column of the first row of `sql` (a key), which takes one parameter `$1`.
+    async fn key_of(&mut self, sql: &'static str, id: i64) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(sql).bind(id).fetch_optional(&mut *self.tx).await?)
+    }
+}
+
+impl LinkTx for Batch {
+    async fn pair(&mut self, org: &str, this: i64, other: i64, lo: i64, hi: i64) -> Result<Vec<PairRow>> {
+        if let Some(plan) = &self.plan {
+            return plan.pair(lo, hi);
+        }
+        let rows = sqlx::query(PAIR_SQL)
+            .bind(org)
+            .bind(this)
+            .bind(other)
+            .bind(lo)
+            .bind(hi)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PairRow {
+                    id: r.try_get(0)?,
+                    key: r.try_get(1)?,
+                    ty: r.try_get(2)?,
+                    linked: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn epic_of(&mut self, issue: i64) -> Result<Option<String>> {
+        if let Some(plan) = &self.plan {
+            return plan.epic_of(issue);
+        }
+        self.key_of(CURRENT_EPIC_SQL, issue).await
+    }
+
+    async fn parent_of(&mut self, issue: i64) -> Result<Option<String>> {
+        if let Some(plan) = &self.plan {
+            return plan.parent_of(issue);
+        }
+        self.key_of(CURRENT_PARENT_SQL, issue).await
+    }
+
+    async fn reaches(&mut self, from: i64, rule: CycleRule, to: i64) -> Result<bool> {
+        if let Some(plan) = &self.plan {
+            return plan.reaches(from, rule, to);
+        }
+        let n: i64 = sqlx::query_scalar(rule.reaches_sql())
+            .bind(from)
+            .bind(to)
+            .fetch_one(&mut *self.tx)
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn insert(&mut self, row: &LinkInsert<'_>) -> Result<Option<i64>> {
+        if let Some(plan) = &mut self.plan {
+            return Ok(plan.insert(row));
+        }
+        Ok(sqlx::query_scalar::<_, i64>(INSERT_LINK_SQL)
+            .bind(row.org)
+            .bind(row.ty)
+            .bind(row.outward)
+            .bind(row.inward)
+            .bind(row.lo)
+            .bind(row.hi)
+            .bind(row.created_by)
+            .bind(row.updated_by)
+            .bind(row.created_at)
+            .bind(row.updated_at)
+            .fetch_optional(&mut *self.tx)
+            .await?)
+    }
+
+    /// Kept for the end of the batch ([`Batch::touch_all`]): one statement for all the batch's issues.
+    async fn touch(&mut self, issue: i64, at: Millis) -> Result<()> {
+        let latest = self.touched.entry(issue).or_insert(at);
+        *latest = (*latest).max(at);
+        Ok(())
+    }
+}
+
+/// A batch's reads done up front, under its locks, in two or three statements, and its writes kept for one
+/// `INSERT` at the end: each link's rules see the database as it was when the batch began plus the links the
+/// batch has accepted before it. Exact, because the batch holds the graph locks its links need (no one else adds
+/// a `depends` or subtask link meanwhile); an `epic`, `relates` or `duplicates` link another writer adds meanwhile
+/// is met by the final `INSERT` (`ON CONFLICT DO NOTHING`), and the batch is then written again step by step.
+///
+/// Cycles: for each rule, one walk from every link's inward issue finds which of the batch's outward issues it
+/// reaches in the database; a path through links of the batch alternates such stretches with the batch's edges,
+/// so [`Plan::reaches`] follows them in memory.
+struct Plan {
+    /// Per link of the batch, in order.
+    facts: Vec<Facts>,
+    /// The link whose rules are being checked.
+    current: usize,
+    /// Per rule: a walk's start → the batch's outward issues it reaches in the database (itself included).
+    reach: BTreeMap<CycleRule, BTreeMap<i64, Vec<i64>>>,
+    /// Per rule: the batch's accepted links, outward → inward issues.
+    edges: BTreeMap<CycleRule, BTreeMap<i64, Vec<i64>>>,
+    /// The pairs (lower, higher id) the batch has accepted.
+    linked: BTreeSet<(i64, i64)>,
+    /// Epic links accepted: issue → the epic's key.
+    epic: BTreeMap<i64, String>,
+    /// Subtask links accepted: sub-issue → the parent's key.
+    parent: BTreeMap<i64, String>,
+    /// The rows to insert.
+    rows: Vec<PlannedRow>,
+}
+
+/// What the database says about one link of the batch.
+struct Facts {
+    /// The id the link gets if it is written (drawn from the table's sequence).
+    id: i64,
+    ty: LinkType,
+    /// Its outward and inward issues (what [`Plan::epic_of`] and [`Plan::parent_of`] are asked about).
+    outward: i64,
+    inward: i64,
+    /// Its two issues as [`PAIR_SQL`] gives them (those that exist in the organization).
+    issues: Vec<PairRow>,
+    epic: Option<String>,
+    parent: Option<String>,
+}
+
+struct PlannedRow {
+    id: i64,
+    org: String,
+    ty: &'static str,
+    outward: i64,
+    inward: i64,
+    lo: i64,
+    hi: i64,
+    created_by: i64,
+    updated_by: i64,
+    created_at: Millis,
+    updated_at: Millis,
+}
+
+/// Each link's two issues, whether its pair is linked, the epic its outward issue is in and the parent of its
+/// inward issue ([`CURRENT_EPIC_SQL`], [`CURRENT_PARENT_SQL`] for every link), and an id for it.
+const FACTS_SQL: &str = "SELECT t.id, t.key, t.type, o.id, o.key, o.type, \
+     EXISTS (SELECT 1 FROM links x WHERE x.lo = j.lo AND x.hi = j.hi), \
+     (SELECT e.key FROM links x JOIN issues e ON e.id = x.inward_id WHERE x.outward_id = j.outward AND x.type = 'epic'), \
+     (SELECT p.key FROM links x JOIN issues p ON p.id = x.outward_id WHERE x.inward_id = j.inward AND x.type = 'subtask'), \
+     nextval(pg_get_serial_sequence('links', 'id')) \
+     FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[]) \
+     WITH ORDINALITY AS j(org, this, other, outward, inward, lo, hi, n) \
+     LEFT JOIN issues t ON t.org_id = j.org AND t.id = j.this \
+     LEFT JOIN issues o ON o.org_id = j.org AND o.id = j.other \
+     ORDER BY j.n";
+
+/// From each issue `$1`, the issues `$2` reachable along outward → inward links of one type (written into the SQL,
+/// as in `reaches_sql`).
+macro_rules! reach_all_sql {
+    ($ty:literal) => {
+        concat!(
+            "WITH RECURSIVE reach(start, id) AS ( \
+             SELECT s, s FROM unnest($1::bigint[]) AS s \
+             UNION \
+             SELECT r.start, l.inward_id FROM reach r JOIN links l ON l.outward_id = r.id WHERE l.type = '",
+            $ty,
+            "' ) SELECT start, id FROM reach WHERE id = ANY($2)"
+        )
+    };
+}
+
+/// The batch's rows, with the ids drawn for them; a row a unique index refuses is skipped.
+const INSERT_ALL_SQL: &str = "INSERT INTO links (id, org_id, type, outward_id, inward_id, lo, hi, created_by, updated_by, created_at, updated_at) \
+     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], \
+     $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[]) \
+     ON CONFLICT DO NOTHING RETURNING id";
+
+/// A statement's failure to read what it returned.
+fn internal(e: impl Into<anyhow::Error>) -> Error {
+    Error::Internal(e.into())
+}
+
+impl Plan {
+    /// Reads what the rules of `links` need.
+    async fn load(tx: &mut PgConnection, links: &[&NewLink]) -> Result<Plan> {
+        let oriented: Vec<(i64, i64)> = links.iter().map(|l| l.relationship.orient(l.this, l.other)).collect();
+        let orgs: Vec<&str> = links.iter().map(|l| l.org.as_str()).collect();
+        let this: Vec<i64> = links.iter().map(|l| l.this).collect();
+        let other: Vec<i64> = links.iter().map(|l| l.other).collect();
+        let outward: Vec<i64> = oriented.iter().map(|o| o.0).collect();
+        let inward: Vec<i64> = oriented.iter().map(|o| o.1).collect();
+        let lo: Vec<i64> = oriented.iter().map(|(a, b)| *a.min(b)).collect();
+        let hi: Vec<i64> = oriented.iter().map(|(a, b)| *a.max(b)).collect();
+        let rows = sqlx::query(FACTS_SQL)
+            .bind(&orgs)
+            .bind(&this)
+            .bind(&other)
+            .bind(&outward)
+            .bind(&inward)
+            .bind(&lo)
+            .bind(&hi)
+            .fetch_all(&mut *tx)
+            .await?;
+        if rows.len() != links.len() {
+            return Err(internal(anyhow::anyhow!(
+                "{} facts for {} links",
+                rows.len(),
+                links.len()
+            )));
+        }
+        let mut facts = Vec::with_capacity(rows.len());
+        for (r, link) in rows.iter().zip(links) {
+            let linked: bool = r.try_get(6)?;
+            let mut issues = Vec::with_capacity(2);
+            for at in [0, 3] {
+                if let Some(id) = r.try_get::<Option<i64>, _>(at)? {
+                    issues.push(PairRow {
+                        id,
+                        key: r.try_get(at + 1)?,
+                        ty: r.try_get(at + 2)?,
+                        linked,
+                    });
+                }
+            }
+            facts.push(Facts {
+                id: r.try_get(9)?,
+                ty: link.relationship.ty,
+                outward: outward[facts.len()],
+                inward: inward[facts.len()],
+                issues,
+                epic: r.try_get(7)?,
+                parent: r.try_get(8)?,
+            });
+        }
+        // The walks: from the inward issue of every link under a rule, to the outward issues of those links — when
+        // one of them is checked (an imported `depends` link is not, but is a step of the paths later ones take).
+        let mut reach = BTreeMap::new();
+        for rule in [CycleRule::Depends, CycleRule::Subtask] {
+            let under: Vec<usize> = (0..links.len())
+                .filter(|&k| rule_of(links[k].relationship.ty) == Some(rule))
+                .collect();
+            let checked = under.iter().any(|&k| rule == CycleRule::Subtask || !links[k].import);
+            if !checked {
+                continue;
+            }
+            let starts: BTreeSet<i64> = under.iter().map(|&k| inward[k]).collect();
+            let ends: BTreeSet<i64> = under.iter().map(|&k| outward[k]).collect();
+            let (starts, ends): (Vec<i64>, Vec<i64>) = (starts.into_iter().collect(), ends.into_iter().collect());
+            let sql = match rule {
+                CycleRule::Depends => reach_all_sql!("depends"),
+                CycleRule::Subtask => reach_all_sql!("subtask"),
+            };
+            let found: Vec<(i64, i64)> = sqlx::query_as(sql)
+                .bind(&starts)
+                .bind(&ends)
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut from: BTreeMap<i64, Vec<i64>> = starts.iter().map(|s| (*s, Vec::new())).collect();
+            for (start, end) in found {
+                from.entry(start).or_default().push(end);
+            }
+            reach.insert(rule, from);
+        }
+        Ok(Plan {
+            facts,
+            current: 0,
+            reach,
+            edges: BTreeMap::new(),
+            linked: BTreeSet::new(),
+            epic: BTreeMap::new(),
+            parent: BTreeMap::new(),
+            rows: Vec::new(),
+        })
+    }
+
+    fn facts(&self) -> Result<&Facts> {
+        self.facts
+            .get(self.current)
+            .ok_or_else(|| internal(anyhow::anyhow!("no facts for link {} of the batch", self.current)))
+    }
+
+    fn pair(&self, lo: i64, hi: i64) -> Result<Vec<PairRow>> {
+        let linked = self.linked.contains(&(lo, hi));
+        Ok(self
+            .facts()?
+            .issues
+            .iter()
+            .map(|r| PairRow {
+                id: r.id,
+                key: r.key.clone(),
+                ty: r.ty.clone(),
+                linked: r.linked || linked,
+            })
+            .collect())
+    }
+
+    fn epic_of(&self, issue: i64) -> Result<Option<String>> {
+        let facts = self.facts()?;
+        if issue != facts.outward {
+            return Err(internal(anyhow::anyhow!("the batch read the epic of another issue")));
+        }
+        Ok(self.epic.get(&issue).or(facts.epic.as_ref()).cloned())
+    }
+
+    fn parent_of(&self, issue: i64) -> Result<Option<String>> {
+        let facts = self.facts()?;
+        if issue != facts.inward {
+            return Err(internal(anyhow::anyhow!("the batch read the parent of another issue")));
+        }
+        Ok(self.parent.get(&issue).or(facts.parent.as_ref()).cloned())
+    }
+
+    /// Whether `to` is reachable from `from` along `rule`'s links, the database's and the batch's.
+    fn reaches(&self, from: i64, rule: CycleRule, to: i64) -> Result<bool> {
+        let not_read = || internal(anyhow::anyhow!("the batch's walk did not start at issue {from}"));
+        let walks = self.reach.get(&rule).ok_or_else(not_read)?;
+        let none = BTreeMap::new();
+        let edges = self.edges.get(&rule).unwrap_or(&none);
+        let mut seen = BTreeSet::new();
+        let mut stack = vec![from];
+        while let Some(at) = stack.pop() {
+            if !seen.insert(at) {
+                continue;
+            }
+            // Every issue a batch's link leads into is a start of the walks.
+            for &end in walks.get(&at).ok_or_else(not_read)? {
+                if end == to {
+                    return Ok(true);
+                }
+                if let Some(next) = edges.get(&end) {
+                    stack.extend(next);
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Accepts a link (its checks passed); `None` where a unique index would refuse it.
+    fn insert(&mut self, row: &LinkInsert<'_>) -> Option<i64> {
+        let facts = self.facts.get(self.current)?;
+        let ty = facts.ty;
+        if self.linked.contains(&(row.lo, row.hi))
+            || (ty == LinkType::Epic && self.epic.contains_key(&row.outward))
+            || (ty == LinkType::Subtask && self.parent.contains_key(&row.inward))
+        {
+            return None;
+        }
+        let key_of = |id: i64| facts.issues.iter().find(|r| r.id == id).map(|r| r.key.clone());
+        match ty {
+            LinkType::Epic => {
+                self.epic.insert(row.outward, key_of(row.inward)?);
+            }
+            LinkType::Subtask => {
+                self.parent.insert(row.inward, key_of(row.outward)?);
+            }
+            _ => {}
+        }
+        let id = facts.id;
+        if let Some(rule) = rule_of(ty) {
+            self.edges
+                .entry(rule)
+                .or_default()
+                .entry(row.outward)
+                .or_default()
+                .push(row.inward);
+        }
+        self.linked.insert((row.lo, row.hi));
+        self.rows.push(PlannedRow {
+            id,
+            org: row.org.to_owned(),
+            ty: row.ty,
+            outward: row.outward,
+            inward: row.inward,
+            lo: row.lo,
+            hi: row.hi,
+            created_by: row.created_by,
+            updated_by: row.updated_by,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        });
+        Some(id)
+    }
+
+    /// Inserts the accepted rows; `false` when a unique index refused one (a writer elsewhere got there first).
+    async fn write(self, tx: &mut PgConnection) -> Result<bool> {
+        if self.rows.is_empty() {
+            return Ok(true);
+        }
+        let col = |f: fn(&PlannedRow) -> i64| self.rows.iter().map(f).collect::<Vec<i64>>();
+        let orgs: Vec<&str> = self.rows.iter().map(|r| r.org.as_str()).collect();
+        let types: Vec<&str> = self.rows.iter().map(|r| r.ty).collect();
+        let written = sqlx::query(INSERT_ALL_SQL)
+            .bind(col(|r| r.id))
+            .bind(&orgs)
+            .bind(&types)
+            .bind(col(|r| r.outward))
+            .bind(col(|r| r.inward))
+            .bind(col(|r| r.lo))
+            .bind(col(|r| r.hi))
+            .bind(col(|r| r.created_by))
+            .bind(col(|r| r.updated_by))
+            .bind(col(|r| r.created_at))
+            .bind(col(|r| r.updated_at))
+            .execute(&mut *tx)
+            .await?;
+        Ok(written.rows_affected() == self.rows.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use sqlx::Connection;
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::domain::OrgId;
+    use crate::domain::links::Relationship;
+    use crate::store::{NewIssue, NewQueue, PgStore, Store};
+
+    /// A store on a fresh database with `n` issues (`types[k]` or a task), its URL and the issues' ids; `None`
+    /// when PostgreSQL tests are skipped on purpose (as in `tests/common`).
+    async fn issues(types: &[&str], n: usize) -> Option<(String, PgStore, OrgId, Vec<i64>)> {
+        let Ok(admin) = std::env::var("TETHER_TEST_DATABASE_URL") else {
+            assert!(
+                std::env::var("TETHER_TEST_SKIP_POSTGRES").is_ok(),
+                "TETHER_TEST_DATABASE_URL is not set: run `bash scripts/test.sh`, or set TETHER_TEST_SKIP_POSTGRES=1"
+            );
+            return None;
+        };
+        let name = format!("tether_u_{:016x}", rand::random::<u64>());
+        let mut conn = PgConnection::connect(&admin).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(&admin).unwrap();
+        url.set_path(&name);
+        let url = url.to_string();
+        let store = PgStore::connect(&url).await.unwrap();
+        let org = OrgId::parse("o").unwrap();
+        store.create_org(&org, "o", 1).await.unwrap();
+        let user = store.create_user("u", "U", None, 1).await.unwrap();
+        let queue = NewQueue {
+            key: "Q".into(),
+            name: "Q".into(),
+            lead: None,
+            default_type: "task".into(),
+        };
+        let queue = store.create_queue(&org, &queue, 1).await.unwrap();
+        let mut ids = Vec::new();
+        for k in 0..n {
+            let issue = store
+                .create_issue(&NewIssue {
+                    org: org.clone(),
+                    queue_id: queue.id,
+                    summary: format!("issue {k}"),
+                    description: None,
+                    ty: types.get(k).copied().unwrap_or("task").into(),
+                    assignee: None,
+                    parent: None,
+                    unique: None,
+                    custom: Default::default(),
+                    by: user.uid,
+                    at: 1,
+                })
+                .await
+                .unwrap();
+            ids.push(issue.id);
+        }
+        Some((url, store, org, ids))
+    }
+
+    fn link(org: &OrgId, this: i64, rel: &str, other: i64, import: bool) -> NewLink {
+        NewLink {
+            org: org.clone(),
+            this,
+            other,
+            relationship: Relationship::parse(rel).unwrap(),
+            created: (1, 5),
+            updated: (1, 5),
+            import,
+        }
+    }
+
+    fn jobs(links: Vec<Vec<NewLink>>) -> Vec<Job> {
+        links
+            .into_iter()
+            .map(|links| Job {
+                links,
+                views: true,
+                reply: oneshot::channel().0,
+            })
+            .collect()
+    }
+
+    /// A planned batch checks each link against the database as it was and the links the batch accepted before
+    /// it: a cycle closed through two links of the database and one of the batch, a pair, an epic and a parent
+    /// taken earlier in the batch are refused; an imported cycle is allowed; ids and views come back.
+    #[tokio::test]
+    async fn a_planned_batch_checks_each_link_against_the_database_and_the_batch() {
+        let types = ["task", "task", "task", "task", "task", "task", "epic", "epic"];
+        let Some((url, store, org, i)) = issues(&types, 8).await else {
+            return;
+        };
+        // In the database: 1 → 2 and 3 → 0 (each "depends on").
+        let mut before = Vec::new();
+        for (a, b) in [(1, 2), (3, 0)] {
+            before.push(
+                store
+                    .create_link(&link(&org, i[a], "depends on", i[b], false))
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        let pool = PgPool::connect(&url).await.unwrap();
+        let batch = jobs(vec![
+            // 0 → 1: with the database, 3 → 0 → 1 → 2.
+            vec![link(&org, i[0], "depends on", i[1], false)],
+            // 2 → 3 closes 0 → 1 → 2 → 3 → 0, through the link just before it: refused.
+            vec![link(&org, i[2], "depends on", i[3], false)],
+            // The same, imported: cycles are allowed on import.
+            vec![link(&org, i[2], "depends on", i[3], true)],
+            // The pair 0–1 is taken by the first job.
+            vec![link(&org, i[1], "relates", i[0], false)],
+            // Issue 4 in epic 6, then in epic 7: refused.
+            vec![
+                link(&org, i[6], "is epic of", i[4], false),
+                link(&org, i[7], "is epic of", i[4], false),
+            ],
+            // 5 a sub-issue of 4, then of 0: refused.
+            vec![link(&org, i[4], "is parent task for", i[5], false)],
+            vec![link(&org, i[0], "is parent task for", i[5], false)],
+        ]);
+        let out = attempt(&pool, &batch, true).await.unwrap().expect("the plan is kept");
+        let rule = |o: &Outcome, k: usize| matches!(&o.as_ref().unwrap()[k], Err(Error::Unprocessable { .. }));
+        let ok = |o: &Outcome, k: usize| o.as_ref().unwrap()[k].as_ref().is_ok_and(|(_, v)| v.is_some());
+        assert!(ok(&out[0], 0), "{:?}", out[0]);
+        assert!(rule(&out[1], 0), "{:?}", out[1]);
+        assert!(ok(&out[2], 0), "{:?}", out[2]);
+        assert!(rule(&out[3], 0), "{:?}", out[3]);
+        assert!(ok(&out[4], 0) && rule(&out[4], 1), "{:?}", out[4]);
+        assert!(ok(&out[5], 0), "{:?}", out[5]);
+        assert!(rule(&out[6], 0), "{:?}", out[6]);
+        // What the batch wrote is what it answered.
+        let written: Vec<(i64, String)> = sqlx::query_as("SELECT id, type FROM links WHERE id <> ALL($1) ORDER BY id")
+            .bind(&before)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let answered: Vec<i64> = out
+            .iter()
+            .flat_map(|o| o.as_ref().unwrap())
+            .filter_map(|r| r.as_ref().ok().map(|(id, _)| *id))
+            .collect();
+        assert_eq!(written.iter().map(|w| w.0).collect::<Vec<_>>(), answered);
+        let types: Vec<&str> = written.iter().map(|w| w.1.as_str()).collect();
+        assert_eq!(types, ["depends", "depends", "epic", "subtask"]);
+        let view = out[0].as_ref().unwrap()[0].as_ref().unwrap().1.as_ref().unwrap();
+        assert_eq!(view.id, answered[0]);
+    }
+
+    /// A planned batch whose pair another writer takes meanwhile (here: a transaction that commits the same pair
+    /// while the batch waits on it) is not kept; the batch is written again step by step and the link refused.
+    #[tokio::test]
+    async fn a_planned_batch_that_meets_a_row_written_meanwhile_is_written_again_step_by_step() {
+        let Some((url, _store, org, i)) = issues(&[], 3).await else {
+            return;
+        };
+        let pool = PgPool::connect(&url).await.unwrap();
+        let mut other = pool.begin().await.unwrap();
+        let (lo, hi) = (i[0].min(i[1]), i[0].max(i[1]));
+        sqlx::query(
+            "INSERT INTO links (org_id, type, outward_id, inward_id, lo, hi, created_by, updated_by, created_at, updated_at) \
+             VALUES ('o', 'relates', $1, $2, $1, $2, 1, 1, 9, 9)",
+        )
+        .bind(lo)
+        .bind(hi)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+        let wanted = vec![
+            link(&org, i[0], "relates", i[1], false),
+            link(&org, i[1], "relates", i[2], false),
+        ];
+        let planned = {
+            let (pool, wanted) = (pool.clone(), wanted.clone());
+            tokio::spawn(async move { attempt(&pool, &jobs(vec![wanted]), true).await })
+        };
+        // The batch read the pair as free and waits at its `INSERT` for the other transaction.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!planned.is_finished());
+        other.commit().await.unwrap();
+        assert!(matches!(planned.await.unwrap(), Ok(None)), "the plan is not kept");
+        let (reply, answer) = oneshot::channel();
+        run_batch(
+            &pool,
+            vec![Job {
+                links: wanted,
+                views: true,
+                reply,
+            }],
+        )
+        .await;
+        let out = answer.await.unwrap().unwrap();
+        assert!(matches!(out[0], Err(Error::Unprocessable { .. })), "{out:?}");
+        assert!(out[1].as_ref().is_ok_and(|(_, v)| v.is_some()), "{out:?}");
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM links")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(n, 2, "the other writer's link and the batch's second one");
+    }
+}
