@@ -90,7 +90,7 @@ async fn validate(st: &AppState, org: &OrgId, line: &[u8]) -> Result<NewLink, Er
         IssueLocator::parse(&from).ok_or_else(|| Error::not_found("issue", format!("Issue {from} does not exist")))?;
     let this = st
         .store
-        .get_issue(org, &loc)
+        .issue_head(org, &loc)
         .await?
         .ok_or_else(|| Error::not_found("issue", format!("Issue {from} does not exist")))?;
     import_record(st, org, &this, &b).await

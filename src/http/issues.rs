@@ -29,6 +29,31 @@ pub async fn load_issue(st: &AppState, ctx: &Ctx, which: &str) -> Result<Issue> 
         .ok_or_else(|| Error::not_found("issue", format!("Issue {which} does not exist")))
 }
 
+/// [`load_issue`]'s lookup, for routes that need only the issue's id, key and creation time.
+pub async fn load_issue_head(st: &AppState, ctx: &Ctx, which: &str) -> Result<crate::store::IssueHead> {
+    let loc = issue_locator(which)?;
+    st.store
+        .issue_head(&ctx.org, &loc)
+        .await?
+        .ok_or_else(|| Error::not_found("issue", format!("Issue {which} does not exist")))
+}
+
+/// [`load_issue_ref`]'s lookup, for the same.
+pub async fn load_issue_head_ref(
+    st: &AppState,
+    org: &OrgId,
+    field: &str,
+    v: &Value,
+) -> Result<Option<crate::store::IssueHead>> {
+    let Some(loc) = issue_ref(field, v)? else {
+        return Ok(None);
+    };
+    let found = st.store.issue_head(org, &loc).await?;
+    found
+        .map(Some)
+        .ok_or_else(|| Error::not_found("issue", format!("Issue {loc} does not exist")))
+}
+
 /// Loads an issue named in a body field (404 per contract §3 for `issue`, `parent`).
 pub async fn load_issue_ref(st: &AppState, org: &OrgId, field: &str, v: &Value) -> Result<Option<Issue>> {
     let Some(loc) = issue_ref(field, v)? else {

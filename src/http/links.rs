@@ -10,13 +10,13 @@ use super::AppState;
 use super::answers::Read;
 use super::core::resolve_user;
 use super::ctx::{Body, Ctx, Path, object, opt_string};
-use super::issues::{history_pair, load_issue, load_issue_ref, required_date};
+use super::issues::{history_pair, load_issue_head, load_issue_head_ref, required_date};
 use super::render;
 use crate::domain::OrgId;
 use crate::domain::dates::now_ms;
 use crate::domain::links::{LINK_TYPES, LinkType, Relationship};
 use crate::error::{Error, Result};
-use crate::store::{Issue, NewLink};
+use crate::store::{IssueHead, NewLink};
 
 /// `GET /linktypes`.
 pub async fn list_link_types(ctx: Ctx) -> Result<Json<Value>> {
@@ -58,12 +58,12 @@ fn relationship(b: &Map<String, Value>, import: bool) -> Result<Relationship> {
 }
 
 /// The target issue of a link body: 422 when missing, 404 when unknown, 422 when it is the issue itself.
-async fn target(st: &AppState, org: &OrgId, this: &Issue, b: &Map<String, Value>) -> Result<Issue> {
+async fn target(st: &AppState, org: &OrgId, this: &IssueHead, b: &Map<String, Value>) -> Result<IssueHead> {
     let v = b
         .get("issue")
         .filter(|v| !v.is_null())
         .ok_or_else(|| Error::missing("issue"))?;
-    let other = load_issue_ref(st, org, "issue", v)
+    let other = load_issue_head_ref(st, org, "issue", v)
         .await?
         .ok_or_else(|| Error::missing("issue"))?;
     if other.id == this.id {
@@ -82,7 +82,7 @@ pub async fn create_link(
     Path(which): Path<String>,
     body: Body,
 ) -> Result<Response> {
-    let this = load_issue(&st, &ctx, &which).await?;
+    let this = load_issue_head(&st, &ctx, &which).await?;
     ctx.authorize()?;
     let b = object(body.json()?)?;
     let new = link_request(&st, &ctx.org, &this, &b, ctx.user.uid).await?;
@@ -94,7 +94,7 @@ pub async fn create_link(
 pub(crate) async fn link_request(
     st: &AppState,
     org: &OrgId,
-    this: &Issue,
+    this: &IssueHead,
     b: &Map<String, Value>,
     by: i64,
 ) -> Result<NewLink> {
@@ -115,7 +115,7 @@ pub(crate) async fn link_request(
 
 /// Validates one seed-001 import record about `this` (relationship, issue, createdAt, createdBy, updatedAt +
 /// updatedBy, the time window of contract §6). Shared by the single import, the bulk endpoint and the CLI.
-pub async fn import_record(st: &AppState, org: &OrgId, this: &Issue, b: &Map<String, Value>) -> Result<NewLink> {
+pub async fn import_record(st: &AppState, org: &OrgId, this: &IssueHead, b: &Map<String, Value>) -> Result<NewLink> {
     let other = target(st, org, this, b).await?;
     let rel = relationship(b, true)?;
     let created_at = required_date(b, "createdAt")?;
@@ -160,7 +160,7 @@ pub async fn import_link(
     Path(which): Path<String>,
     body: Body,
 ) -> Result<Response> {
-    let this = load_issue(&st, &ctx, &which).await?;
+    let this = load_issue_head(&st, &ctx, &which).await?;
     ctx.authorize()?;
     let b = object(body.json()?)?;
     let new = import_record(&st, &ctx.org, &this, &b).await?;
@@ -181,7 +181,7 @@ pub async fn list_links(
 }
 
 async fn list_links_fresh(st: &AppState, ctx: &Ctx, which: String, q: super::ctx::Query) -> Result<Response> {
-    let this = load_issue(st, ctx, &which).await?;
+    let this = load_issue_head(st, ctx, &which).await?;
     ctx.authorize()?;
     let links = st.store.list_links(&ctx.org, this.id).await?;
     if q.get("perPage").is_none() {
@@ -220,7 +220,7 @@ pub async fn get_link(
 }
 
 async fn get_link_fresh(st: &AppState, ctx: &Ctx, which: String, link: String) -> Result<Response> {
-    let this = load_issue(st, ctx, &which).await?;
+    let this = load_issue_head(st, ctx, &which).await?;
     let id = link_id(&link)?;
     let view = st
         .store
@@ -237,7 +237,7 @@ pub async fn delete_link(
     ctx: Ctx,
     Path((which, link)): Path<(String, String)>,
 ) -> Result<StatusCode> {
-    let this = load_issue(&st, &ctx, &which).await?;
+    let this = load_issue_head(&st, &ctx, &which).await?;
     let id = link_id(&link)?;
     let exists = st.store.get_link(&ctx.org, this.id, id).await?.is_some();
     if !exists {
@@ -270,7 +270,7 @@ pub async fn get_issue_graph(
 }
 
 async fn get_issue_graph_fresh(st: &AppState, ctx: &Ctx, which: String, q: super::ctx::Query) -> Result<Response> {
-    let root = load_issue(st, ctx, &which).await?;
+    let root = load_issue_head(st, ctx, &which).await?;
     ctx.authorize()?;
     let types: Vec<LinkType> = match q.get("types") {
         None | Some("") => vec![LinkType::Depends, LinkType::Subtask, LinkType::Epic],

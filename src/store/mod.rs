@@ -126,6 +126,27 @@ pub struct CustomField {
     pub ty: FieldType,
 }
 
+/// What the link routes need of an issue: a lookup that reads one row, not the issue's whole view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssueHead {
+    /// Id.
+    pub id: i64,
+    /// Key.
+    pub key: String,
+    /// Creation time.
+    pub created_at: Millis,
+}
+
+impl From<&Issue> for IssueHead {
+    fn from(i: &Issue) -> IssueHead {
+        IssueHead {
+            id: i.id,
+            key: i.key.clone(),
+            created_at: i.created_at,
+        }
+    }
+}
+
 /// A short issue reference: what a link's `object` or an issue's `parent` shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssueBrief {
@@ -633,6 +654,8 @@ pub trait Store: Send + Sync + 'static {
     async fn import_issue(&self, imp: &ImportIssue) -> Result<Issue>;
     /// An issue by key or id.
     async fn get_issue(&self, org: &OrgId, which: &IssueLocator) -> Result<Option<Issue>>;
+    /// An issue's id, key and creation time, by key or id.
+    async fn issue_head(&self, org: &OrgId, which: &IssueLocator) -> Result<Option<IssueHead>>;
     /// An issue by its `unique`.
     async fn find_by_unique(&self, org: &OrgId, unique: &str) -> Result<Option<Issue>>;
     /// Applies a PATCH; `if_match` is the expected version.

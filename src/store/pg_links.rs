@@ -17,9 +17,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{Postgres, Row, Transaction};
+use std::sync::Arc;
 #[cfg(test)]
 use std::time::Duration;
-use tokio::sync::mpsc;
+
+use tokio::sync::{Semaphore, mpsc};
 
 use super::link_batch::{Job, LinkWriter, Outcome, gather};
 use super::link_rules::{
@@ -48,11 +50,25 @@ pub(super) async fn lock_graph(conn: &mut PgConnection, org: &str, rule: CycleRu
     Ok(())
 }
 
-/// One batch at a time: what arrives while a batch runs is the next batch.
+/// How many batches of one process run at once. Each statement of a batch waits its turn for a CPU (the batch's
+/// server process, Tether's task) among the requests' own; a second batch in flight has its transaction begun and
+/// its locks asked for while the first one finishes (the graph locks still let one batch at a time check its
+/// `depends` links), and batches of other link types run beside it.
+const BATCHES_IN_FLIGHT: usize = 2;
+
+/// Takes the jobs waiting as a batch whenever fewer than [`BATCHES_IN_FLIGHT`] run.
 async fn batches(mut rx: mpsc::UnboundedReceiver<Job>, pool: PgPool) {
+    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
         let jobs = gather(first, &mut rx);
-        run_batch(&pool, jobs).await;
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            run_batch(&pool, jobs).await;
+            drop(slot);
+        });
     }
 }
 
@@ -126,12 +142,14 @@ async fn attempt(pool: &PgPool, jobs: &[Job], planned: bool) -> Result<Option<Ve
         }
         all.push(out);
     }
-    if let Some(plan) = tx.plan.take()
-        && !plan.write(&mut tx.tx).await?
-    {
-        return Ok(None);
+    match tx.plan.take() {
+        Some(plan) => {
+            if !plan.write(&mut tx.tx, &tx.touched).await? {
+                return Ok(None);
+            }
+        }
+        None => tx.touch_all().await?,
     }
-    tx.touch_all().await?;
     let mut views = tx.views(&wanted.0, &wanted.1).await?;
     for (job, out) in jobs.iter().zip(&mut all) {
         if !job.views {
@@ -390,11 +408,18 @@ macro_rules! reach_all_sql {
     };
 }
 
-/// The batch's rows, with the ids drawn for them; a row a unique index refuses is skipped.
-const INSERT_ALL_SQL: &str = "INSERT INTO links (id, org_id, type, outward_id, inward_id, lo, hi, created_by, updated_by, created_at, updated_at) \
+/// The batch's rows, with the ids drawn for them (a row a unique index refuses is skipped), and the `updatedAt` of
+/// the issues `$12` set to `$13` (pairwise), their rows locked in id order first (as [`Batch::touch_all`] does):
+/// one statement. Returns how many rows were inserted.
+const INSERT_ALL_SQL: &str = "WITH ins AS ( \
+     INSERT INTO links (id, org_id, type, outward_id, inward_id, lo, hi, created_by, updated_by, created_at, updated_at) \
      SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], \
      $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[]) \
-     ON CONFLICT DO NOTHING RETURNING id";
+     ON CONFLICT DO NOTHING RETURNING 1), \
+     locked AS (SELECT id FROM issues WHERE id = ANY($12) ORDER BY id FOR UPDATE), \
+     upd AS (UPDATE issues SET updated_at = v.at FROM unnest($12::bigint[], $13::bigint[]) AS v(id, at), locked \
+     WHERE locked.id = v.id AND issues.id = v.id RETURNING 1) \
+     SELECT (SELECT count(*) FROM ins), (SELECT count(*) FROM upd)";
 
 /// A statement's failure to read what it returned.
 fn internal(e: impl Into<anyhow::Error>) -> Error {
@@ -602,15 +627,17 @@ impl Plan {
         Some(id)
     }
 
-    /// Inserts the accepted rows; `false` when a unique index refused one (a writer elsewhere got there first).
-    async fn write(self, tx: &mut PgConnection) -> Result<bool> {
-        if self.rows.is_empty() {
+    /// Inserts the accepted rows and sets the `updatedAt` of the issues in `touched`; `false` when a unique index
+    /// refused a row (a writer elsewhere got there first).
+    async fn write(self, tx: &mut PgConnection, touched: &BTreeMap<i64, Millis>) -> Result<bool> {
+        if self.rows.is_empty() && touched.is_empty() {
             return Ok(true);
         }
         let col = |f: fn(&PlannedRow) -> i64| self.rows.iter().map(f).collect::<Vec<i64>>();
         let orgs: Vec<&str> = self.rows.iter().map(|r| r.org.as_str()).collect();
         let types: Vec<&str> = self.rows.iter().map(|r| r.ty).collect();
-        let written = sqlx::query(INSERT_ALL_SQL)
+        let (issues, at): (Vec<i64>, Vec<Millis>) = touched.iter().map(|(i, a)| (*i, *a)).unzip();
+        let (inserted, _): (i64, i64) = sqlx::query_as(INSERT_ALL_SQL)
             .bind(col(|r| r.id))
             .bind(&orgs)
             .bind(&types)
@@ -622,9 +649,11 @@ impl Plan {
             .bind(col(|r| r.updated_by))
             .bind(col(|r| r.created_at))
             .bind(col(|r| r.updated_at))
-            .execute(&mut *tx)
+            .bind(&issues)
+            .bind(&at)
+            .fetch_one(&mut *tx)
             .await?;
-        Ok(written.rows_affected() == self.rows.len() as u64)
+        Ok(usize::try_from(inserted).is_ok_and(|n| n == self.rows.len()))
     }
 }
 

@@ -1084,6 +1084,22 @@ macro_rules! impl_store {
                 Ok(q.fetch_optional(self.read()).await?.map(IssueRow::into_issue))
             }
 
+            async fn issue_head(&self, org: &OrgId, which: &IssueLocator) -> Result<Option<crate::store::IssueHead>> {
+                let q = match which {
+                    IssueLocator::Key(k) => sqlx::query_as::<$db, (i64, String, i64)>(
+                        "SELECT id, key, created_at FROM issues WHERE org_id = $1 AND key = $2",
+                    )
+                    .bind(org.as_str())
+                    .bind(k.to_string()),
+                    IssueLocator::Id(id) => sqlx::query_as::<$db, (i64, String, i64)>(
+                        "SELECT id, key, created_at FROM issues WHERE org_id = $1 AND id = $2",
+                    )
+                    .bind(org.as_str())
+                    .bind(*id),
+                };
+                Ok(q.fetch_optional(self.read()).await?.map(|(id, key, created_at)| crate::store::IssueHead { id, key, created_at }))
+            }
+
             async fn find_by_unique(&self, org: &OrgId, unique: &str) -> Result<Option<Issue>> {
                 let row = sqlx::query_as::<$db, IssueRow>(sqlx::AssertSqlSafe(format!(
                     "{ISSUE_SELECT} WHERE i.org_id = $1 AND i.unique_key = $2"

@@ -156,7 +156,7 @@ pub async fn create_issue(State(st): State<AppState>, s: Session, form: Form) ->
 /// Validates the link form with the code of `POST /v2/issues/{key}/links`, then creates the link.
 async fn link(st: &AppState, s: &Session, this: &Issue, form: &Form) -> Result<()> {
     let b = body(form, &["relationship", "issue"]);
-    let new = crate::http::links::link_request(st, &s.org, this, &b, s.user.uid).await?;
+    let new = crate::http::links::link_request(st, &s.org, &this.into(), &b, s.user.uid).await?;
     st.store.create_link(&new).await.map(|_| ())
 }
 
