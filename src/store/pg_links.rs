@@ -150,30 +150,50 @@ async fn attempt(pool: &PgPool, jobs: &[Job], planned: bool) -> Result<Option<Ve
         }
         None => tx.touch_all().await?,
     }
-    let mut views = tx.views(&wanted.0, &wanted.1).await?;
+    // A failed commit may or may not have written the batch: it is reported, not tried again.
+    if let Err(e) = tx.tx.commit().await {
+        let e = anyhow::Error::new(e).context("committing a batch of links");
+        return Ok(Some(
+            jobs.iter()
+                .map(|_| Err(Error::Internal(anyhow::anyhow!("{e:#}"))))
+                .collect(),
+        ));
+    }
+    // The views are read after the commit, so that the graph locks are held for no more than the rules need.
+    let mut views = match views(pool, &wanted.0, &wanted.1).await {
+        Ok(v) => Ok(v),
+        Err(e) => Err(format!("{e:#}")),
+    };
     for (job, out) in jobs.iter().zip(&mut all) {
         if !job.views {
             continue;
         }
         for written in out.iter_mut() {
-            if let Ok((id, view)) = written {
-                let found = views.remove(id).ok_or_else(|| {
-                    Error::Internal(anyhow::anyhow!("link {id} was not found in its own transaction"))
-                })?;
-                *view = Some(found);
-            }
+            let Ok((id, _)) = *written else { continue };
+            *written = match &mut views {
+                Ok(found) => match found.remove(&id) {
+                    Some(v) => Ok((id, Some(v))),
+                    None => Err(Error::not_found("link", "The link was deleted as soon as it was created")),
+                },
+                Err(e) => Err(Error::Internal(anyhow::anyhow!("reading the links just written: {e}"))),
+            };
         }
     }
-    // A failed commit may or may not have written the batch: it is reported, not tried again.
-    Ok(Some(match tx.tx.commit().await {
-        Ok(()) => all.into_iter().map(Ok).collect(),
-        Err(e) => {
-            let e = anyhow::Error::new(e).context("committing a batch of links");
-            jobs.iter()
-                .map(|_| Err(Error::Internal(anyhow::anyhow!("{e:#}"))))
-                .collect()
-        }
-    }))
+    Ok(Some(all.into_iter().map(Ok).collect()))
+}
+
+/// The links `ids`, each seen from its issue in `this` (pairwise), by id.
+async fn views(pool: &PgPool, this: &[i64], ids: &[i64]) -> Result<BTreeMap<i64, LinkView>> {
+    if ids.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let rows = sqlx::query(LINKS_BY_ID_SQL).bind(this).bind(ids).fetch_all(pool).await?;
+    let mut out = BTreeMap::new();
+    for row in rows {
+        let link = <LinkRow as sqlx::FromRow<'_, sqlx::postgres::PgRow>>::from_row(&row)?.into_view()?;
+        out.insert(link.id, link);
+    }
+    Ok(out)
 }
 
 /// The no-cycle rule a link type is checked under, if any.
@@ -220,24 +240,6 @@ impl Batch {
         .execute(&mut *self.tx)
         .await?;
         Ok(())
-    }
-
-    /// The links `ids`, each seen from its issue in `this` (pairwise), by id.
-    async fn views(&mut self, this: &[i64], ids: &[i64]) -> Result<BTreeMap<i64, LinkView>> {
-        if ids.is_empty() {
-            return Ok(BTreeMap::new());
-        }
-        let rows = sqlx::query(LINKS_BY_ID_SQL)
-            .bind(this)
-            .bind(ids)
-            .fetch_all(&mut *self.tx)
-            .await?;
-        let mut out = BTreeMap::new();
-        for row in rows {
-            let link = <LinkRow as sqlx::FromRow<'_, sqlx::postgres::PgRow>>::from_row(&row)?.into_view()?;
-            out.insert(link.id, link);
-        }
-        Ok(out)
     }
 
     /// The first column of the first row of `sql` (a key), which takes one parameter `$1`.
