@@ -173,7 +173,10 @@ async fn attempt(pool: &PgPool, jobs: &[Job], planned: bool) -> Result<Option<Ve
             *written = match &mut views {
                 Ok(found) => match found.remove(&id) {
                     Some(v) => Ok((id, Some(v))),
-                    None => Err(Error::not_found("link", "The link was deleted as soon as it was created")),
+                    None => Err(Error::not_found(
+                        "link",
+                        "The link was deleted as soon as it was created",
+                    )),
                 },
                 Err(e) => Err(Error::Internal(anyhow::anyhow!("reading the links just written: {e}"))),
             };
@@ -187,7 +190,11 @@ async fn views(pool: &PgPool, this: &[i64], ids: &[i64]) -> Result<BTreeMap<i64,
     if ids.is_empty() {
         return Ok(BTreeMap::new());
     }
-    let rows = sqlx::query(LINKS_BY_ID_SQL).bind(this).bind(ids).fetch_all(pool).await?;
+    let rows = sqlx::query(LINKS_BY_ID_SQL)
+        .bind(this)
+        .bind(ids)
+        .fetch_all(pool)
+        .await?;
     let mut out = BTreeMap::new();
     for row in rows {
         let link = <LinkRow as sqlx::FromRow<'_, sqlx::postgres::PgRow>>::from_row(&row)?.into_view()?;
@@ -383,32 +390,27 @@ struct PlannedRow {
 }
 
 /// Each link's two issues, whether its pair is linked, the epic its outward issue is in and the parent of its
-/// inward issue ([`CURRENT_EPIC_SQL`], [`CURRENT_PARENT_SQL`] for every link), and an id for it.
-const FACTS_SQL: &str = "SELECT t.id, t.key, t.type, o.id, o.key, o.type, \
+/// inward issue ([`CURRENT_EPIC_SQL`], [`CURRENT_PARENT_SQL`] for every link), an id for it, and the walks of the
+/// no-cycle rules: from each issue `$8` (`$10`), the issues `$9` (`$11`) reachable along `depends` (subtask) links
+/// (as in `reaches_sql`), given on the rows of the links whose inward issue it is. One statement, so that the
+/// batch's locks are held for one round trip less.
+const FACTS_SQL: &str = "WITH RECURSIVE \
+     rd(start, id) AS (SELECT s, s FROM unnest($8::bigint[]) AS s UNION \
+     SELECT r.start, l.inward_id FROM rd r JOIN links l ON l.outward_id = r.id WHERE l.type = 'depends'), \
+     rs(start, id) AS (SELECT s, s FROM unnest($10::bigint[]) AS s UNION \
+     SELECT r.start, l.inward_id FROM rs r JOIN links l ON l.outward_id = r.id WHERE l.type = 'subtask') \
+     SELECT t.id, t.key, t.type, o.id, o.key, o.type, \
      EXISTS (SELECT 1 FROM links x WHERE x.lo = j.lo AND x.hi = j.hi), \
      (SELECT e.key FROM links x JOIN issues e ON e.id = x.inward_id WHERE x.outward_id = j.outward AND x.type = 'epic'), \
      (SELECT p.key FROM links x JOIN issues p ON p.id = x.outward_id WHERE x.inward_id = j.inward AND x.type = 'subtask'), \
-     nextval(pg_get_serial_sequence('links', 'id')) \
+     nextval(pg_get_serial_sequence('links', 'id')), dr.ends, sr.ends \
      FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[]) \
      WITH ORDINALITY AS j(org, this, other, outward, inward, lo, hi, n) \
      LEFT JOIN issues t ON t.org_id = j.org AND t.id = j.this \
      LEFT JOIN issues o ON o.org_id = j.org AND o.id = j.other \
+     LEFT JOIN (SELECT start, array_agg(id) AS ends FROM rd WHERE id = ANY($9) GROUP BY start) dr ON dr.start = j.inward \
+     LEFT JOIN (SELECT start, array_agg(id) AS ends FROM rs WHERE id = ANY($11) GROUP BY start) sr ON sr.start = j.inward \
      ORDER BY j.n";
-
-/// From each issue `$1`, the issues `$2` reachable along outward → inward links of one type (written into the SQL,
-/// as in `reaches_sql`).
-macro_rules! reach_all_sql {
-    ($ty:literal) => {
-        concat!(
-            "WITH RECURSIVE reach(start, id) AS ( \
-             SELECT s, s FROM unnest($1::bigint[]) AS s \
-             UNION \
-             SELECT r.start, l.inward_id FROM reach r JOIN links l ON l.outward_id = r.id WHERE l.type = '",
-            $ty,
-            "' ) SELECT start, id FROM reach WHERE id = ANY($2)"
-        )
-    };
-}
 
 /// The batch's rows, with the ids drawn for them (a row a unique index refuses is skipped), and the `updatedAt` of
 /// the issues `$12` set to `$13` (pairwise), their rows locked in id order first (as [`Batch::touch_all`] does):
@@ -439,6 +441,22 @@ impl Plan {
         let inward: Vec<i64> = oriented.iter().map(|o| o.1).collect();
         let lo: Vec<i64> = oriented.iter().map(|(a, b)| *a.min(b)).collect();
         let hi: Vec<i64> = oriented.iter().map(|(a, b)| *a.max(b)).collect();
+        // The walks: from the inward issue of every link under a rule, to the outward issues of those links — when
+        // one of them is checked (an imported `depends` link is not, but is a step of the paths later ones take).
+        let mut walks: BTreeMap<CycleRule, (Vec<i64>, Vec<i64>)> = BTreeMap::new();
+        for rule in [CycleRule::Depends, CycleRule::Subtask] {
+            let under: Vec<usize> = (0..links.len())
+                .filter(|&k| rule_of(links[k].relationship.ty) == Some(rule))
+                .collect();
+            if under.iter().any(|&k| rule == CycleRule::Subtask || !links[k].import) {
+                let starts: BTreeSet<i64> = under.iter().map(|&k| inward[k]).collect();
+                let ends: BTreeSet<i64> = under.iter().map(|&k| outward[k]).collect();
+                walks.insert(rule, (starts.into_iter().collect(), ends.into_iter().collect()));
+            }
+        }
+        let none = (Vec::new(), Vec::new());
+        let depends = walks.get(&CycleRule::Depends).unwrap_or(&none);
+        let subtask = walks.get(&CycleRule::Subtask).unwrap_or(&none);
         let rows = sqlx::query(FACTS_SQL)
             .bind(&orgs)
             .bind(&this)
@@ -447,6 +465,10 @@ impl Plan {
             .bind(&inward)
             .bind(&lo)
             .bind(&hi)
+            .bind(&depends.0)
+            .bind(&depends.1)
+            .bind(&subtask.0)
+            .bind(&subtask.1)
             .fetch_all(&mut *tx)
             .await?;
         if rows.len() != links.len() {
@@ -456,6 +478,8 @@ impl Plan {
                 links.len()
             )));
         }
+        let mut reach: BTreeMap<CycleRule, BTreeMap<i64, Vec<i64>>> =
+            walks.keys().map(|rule| (*rule, BTreeMap::new())).collect();
         let mut facts = Vec::with_capacity(rows.len());
         for (r, link) in rows.iter().zip(links) {
             let linked: bool = r.try_get(6)?;
@@ -470,44 +494,22 @@ impl Plan {
                     });
                 }
             }
+            let k = facts.len();
+            if let Some(rule) = rule_of(link.relationship.ty)
+                && let Some(from) = reach.get_mut(&rule)
+            {
+                let ends: Option<Vec<i64>> = r.try_get(if rule == CycleRule::Depends { 10 } else { 11 })?;
+                from.insert(inward[k], ends.unwrap_or_default());
+            }
             facts.push(Facts {
                 id: r.try_get(9)?,
                 ty: link.relationship.ty,
-                outward: outward[facts.len()],
-                inward: inward[facts.len()],
+                outward: outward[k],
+                inward: inward[k],
                 issues,
                 epic: r.try_get(7)?,
                 parent: r.try_get(8)?,
             });
-        }
-        // The walks: from the inward issue of every link under a rule, to the outward issues of those links — when
-        // one of them is checked (an imported `depends` link is not, but is a step of the paths later ones take).
-        let mut reach = BTreeMap::new();
-        for rule in [CycleRule::Depends, CycleRule::Subtask] {
-            let under: Vec<usize> = (0..links.len())
-                .filter(|&k| rule_of(links[k].relationship.ty) == Some(rule))
-                .collect();
-            let checked = under.iter().any(|&k| rule == CycleRule::Subtask || !links[k].import);
-            if !checked {
-                continue;
-            }
-            let starts: BTreeSet<i64> = under.iter().map(|&k| inward[k]).collect();
-            let ends: BTreeSet<i64> = under.iter().map(|&k| outward[k]).collect();
-            let (starts, ends): (Vec<i64>, Vec<i64>) = (starts.into_iter().collect(), ends.into_iter().collect());
-            let sql = match rule {
-                CycleRule::Depends => reach_all_sql!("depends"),
-                CycleRule::Subtask => reach_all_sql!("subtask"),
-            };
-            let found: Vec<(i64, i64)> = sqlx::query_as(sql)
-                .bind(&starts)
-                .bind(&ends)
-                .fetch_all(&mut *tx)
-                .await?;
-            let mut from: BTreeMap<i64, Vec<i64>> = starts.iter().map(|s| (*s, Vec::new())).collect();
-            for (start, end) in found {
-                from.entry(start).or_default().push(end);
-            }
-            reach.insert(rule, from);
         }
         Ok(Plan {
             facts,
