@@ -54,7 +54,7 @@ pub(super) async fn lock_graph(conn: &mut PgConnection, org: &str, rule: CycleRu
 /// server process, Tether's task) among the requests' own; a second batch in flight has its transaction begun and
 /// its locks asked for while the first one finishes (the graph locks still let one batch at a time check its
 /// `depends` links), and batches of other link types run beside it.
-const BATCHES_IN_FLIGHT: usize = 2;
+pub(super) const BATCHES_IN_FLIGHT: usize = 2;
 
 /// Takes the jobs waiting as a batch whenever fewer than [`BATCHES_IN_FLIGHT`] run.
 async fn batches(mut rx: mpsc::UnboundedReceiver<Job>, pool: PgPool) {
