@@ -14,14 +14,12 @@
 //! transaction each, so that the fault is the job's own.
 
 use std::collections::{BTreeMap, BTreeSet};
-
-use sqlx::postgres::{PgConnection, PgPool};
-use sqlx::{Postgres, Row, Transaction};
-use std::sync::Arc;
 #[cfg(test)]
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc};
+use sqlx::postgres::{PgConnection, PgPool};
+use sqlx::{Postgres, Row, Transaction};
+use tokio::sync::mpsc;
 
 use super::link_batch::{Job, LinkWriter, Outcome, gather};
 use super::link_rules::{
@@ -50,25 +48,17 @@ pub(super) async fn lock_graph(conn: &mut PgConnection, org: &str, rule: CycleRu
     Ok(())
 }
 
-/// How many batches of one process run at once. Each statement of a batch waits its turn for a CPU (the batch's
-/// server process, Tether's task) among the requests' own; a second batch in flight has its transaction begun and
-/// its locks asked for while the first one finishes (the graph locks still let one batch at a time check its
-/// `depends` links), and batches of other link types run beside it.
-pub(super) const BATCHES_IN_FLIGHT: usize = 2;
+/// How many batches of one process run at once, and so the writer's connections. One: with two, the second
+/// batch's transaction began and asked for the graph locks while the first finished, but each batch took fewer of
+/// the waiting jobs, and `depends` creates at c=16 went from 649 and 685 to 593 and 569 per second
+/// (`docs/benchmarks.md`).
+pub(super) const BATCHES_IN_FLIGHT: usize = 1;
 
-/// Takes the jobs waiting as a batch whenever fewer than [`BATCHES_IN_FLIGHT`] run.
+/// One batch at a time: what arrives while a batch runs is the next batch.
 async fn batches(mut rx: mpsc::UnboundedReceiver<Job>, pool: PgPool) {
-    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            break;
-        };
         let jobs = gather(first, &mut rx);
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            run_batch(&pool, jobs).await;
-            drop(slot);
-        });
+        run_batch(&pool, jobs).await;
     }
 }
 
@@ -676,22 +666,7 @@ mod tests {
     /// A store on a fresh database with `n` issues (`types[k]` or a task), its URL and the issues' ids; `None`
     /// when PostgreSQL tests are skipped on purpose (as in `tests/common`).
     async fn issues(types: &[&str], n: usize) -> Option<(String, PgStore, OrgId, Vec<i64>)> {
-        let Ok(admin) = std::env::var("TETHER_TEST_DATABASE_URL") else {
-            assert!(
-                std::env::var("TETHER_TEST_SKIP_POSTGRES").is_ok(),
-                "TETHER_TEST_DATABASE_URL is not set: run `bash scripts/test.sh`, or set TETHER_TEST_SKIP_POSTGRES=1"
-            );
-            return None;
-        };
-        let name = format!("tether_u_{:016x}", rand::random::<u64>());
-        let mut conn = PgConnection::connect(&admin).await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let mut url = url::Url::parse(&admin).unwrap();
-        url.set_path(&name);
-        let url = url.to_string();
+        let url = database().await?;
         let store = PgStore::connect(&url).await.unwrap();
         let org = OrgId::parse("o").unwrap();
         store.create_org(&org, "o", 1).await.unwrap();
@@ -724,6 +699,47 @@ mod tests {
             ids.push(issue.id);
         }
         Some((url, store, org, ids))
+    }
+
+    /// The admin URL of `TETHER_TEST_DATABASE_URL`; `None` when PostgreSQL tests are skipped on purpose.
+    fn admin() -> Option<String> {
+        let Ok(admin) = std::env::var("TETHER_TEST_DATABASE_URL") else {
+            assert!(
+                std::env::var("TETHER_TEST_SKIP_POSTGRES").is_ok(),
+                "TETHER_TEST_DATABASE_URL is not set: run `bash scripts/test.sh`, or set TETHER_TEST_SKIP_POSTGRES=1"
+            );
+            return None;
+        };
+        Some(admin)
+    }
+
+    /// A fresh database's URL.
+    async fn database() -> Option<String> {
+        let admin = admin()?;
+        let name = format!("tether_u_{:016x}", rand::random::<u64>());
+        let mut conn = PgConnection::connect(&admin).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(&admin).unwrap();
+        url.set_path(&name);
+        Some(url.to_string())
+    }
+
+    /// Drops the database of `url` (its connections closed first).
+    async fn drop_database(url: &str) {
+        let (Some(admin), Ok(url)) = (admin(), url::Url::parse(url)) else {
+            return;
+        };
+        let mut conn = PgConnection::connect(&admin).await.unwrap();
+        let name = url.path().trim_start_matches('/');
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await
+        .unwrap();
     }
 
     fn link(org: &OrgId, this: i64, rel: &str, other: i64, import: bool) -> NewLink {
@@ -814,6 +830,8 @@ mod tests {
         assert_eq!(types, ["depends", "depends", "epic", "subtask"]);
         let view = out[0].as_ref().unwrap()[0].as_ref().unwrap().1.as_ref().unwrap();
         assert_eq!(view.id, answered[0]);
+        pool.close().await;
+        drop_database(&url).await;
     }
 
     /// A planned batch whose pair another writer takes meanwhile (here: a transaction that commits the same pair
@@ -866,5 +884,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 2, "the other writer's link and the batch's second one");
+        pool.close().await;
+        drop_database(&url).await;
     }
 }
