@@ -3,15 +3,16 @@
 //!
 //! Why: a `depends` or subtask link is checked under a transaction-scoped advisory lock per organization and rule
 //! (`postgres.rs`), held until the commit has reached the disk. One link per transaction made the lock's holder
-//! wait for a WAL flush on every link, and every link of the organization wait for that holder: 231 creates/s at
-//! c=16 against pgbench's 6 530 one-row transactions/s (`docs/benchmarks.md`). A batch takes the lock once, checks
-//! each of its links against the links before it (one transaction sees its own writes), and shares one flush.
-//! Replicas batch on their own and take the same locks, so the rules hold across processes as before.
+//! wait for a WAL flush and five statements on every link, and every link of the organization wait for that
+//! holder: 231 creates/s at c=16 against pgbench's 6 530 one-row transactions/s (`docs/benchmarks.md`). A batch
+//! takes the lock once, reads what the rules need for all its links in one statement, checks each link against
+//! the database and the links before it ([`Plan`]), writes them in one statement and shares one flush. Replicas
+//! batch on their own and take the same locks, so the rules hold across processes as before.
 //!
 //! A refused link writes nothing (every rule is checked before the `INSERT`, and the `INSERT` skips a row that a
 //! unique index refuses, `ON CONFLICT DO NOTHING`), so a batch goes on past refusals without savepoints. A fault (a
-//! failed statement aborts a PostgreSQL transaction) rolls the batch back, and its jobs are written again one
-//! transaction each, so that the fault is the job's own.
+//! failed statement aborts a PostgreSQL transaction), or a row another writer got in first, rolls the batch back,
+//! and its jobs are written again one transaction each, a statement per read, so that the fault is the job's own.
 
 use std::collections::{BTreeMap, BTreeSet};
 #[cfg(test)]
@@ -323,7 +324,7 @@ impl LinkTx for Batch {
     }
 }
 
-/// A batch's reads done up front, under its locks, in two or three statements, and its writes kept for one
+/// A batch's reads done up front, under its locks, in one statement ([`FACTS_SQL`]), and its writes kept for one
 /// `INSERT` at the end: each link's rules see the database as it was when the batch began plus the links the
 /// batch has accepted before it. Exact, because the batch holds the graph locks its links need (no one else adds
 /// a `depends` or subtask link meanwhile); an `epic`, `relates` or `duplicates` link another writer adds meanwhile
