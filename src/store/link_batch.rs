@@ -59,3 +59,48 @@ pub(super) fn gather(first: Job, rx: &mut mpsc::UnboundedReceiver<Job>) -> Vec<J
     }
     jobs
 }
+
+/// What the link writers' unit tests (`sqlite_links.rs`, `pg_links.rs`) set up.
+#[cfg(test)]
+pub(super) mod test_support {
+    #![allow(clippy::unwrap_used)]
+
+    use crate::domain::OrgId;
+    use crate::store::{NewIssue, NewQueue, Store};
+
+    /// Organization `o`, a user, queue `Q` and `n` issues (of type `types[k]`, or task); the organization and the
+    /// issues' ids.
+    pub async fn seed(store: &dyn Store, types: &[&str], n: usize) -> (OrgId, Vec<i64>) {
+        let org = OrgId::parse("o").unwrap();
+        store.create_org(&org, "o", 1).await.unwrap();
+        let user = store.create_user("u", "U", None, 1).await.unwrap();
+        let queue = NewQueue {
+            key: "Q".into(),
+            name: "Q".into(),
+            lead: None,
+            default_type: "task".into(),
+        };
+        let queue = store.create_queue(&org, &queue, 1).await.unwrap();
+        let mut ids = Vec::new();
+        for k in 0..n {
+            let issue = store
+                .create_issue(&NewIssue {
+                    org: org.clone(),
+                    queue_id: queue.id,
+                    summary: format!("issue {k}"),
+                    description: None,
+                    ty: types.get(k).copied().unwrap_or("task").into(),
+                    assignee: None,
+                    parent: None,
+                    unique: None,
+                    custom: Default::default(),
+                    by: user.uid,
+                    at: 1,
+                })
+                .await
+                .unwrap();
+            ids.push(issue.id);
+        }
+        (org, ids)
+    }
+}

@@ -662,43 +662,15 @@ mod tests {
     use super::*;
     use crate::domain::OrgId;
     use crate::domain::links::Relationship;
-    use crate::store::{NewIssue, NewQueue, PgStore, Store};
+    use crate::store::link_batch::test_support::seed;
+    use crate::store::{PgStore, Store};
 
     /// A store on a fresh database with `n` issues (`types[k]` or a task), its URL and the issues' ids; `None`
     /// when PostgreSQL tests are skipped on purpose (as in `tests/common`).
     async fn issues(types: &[&str], n: usize) -> Option<(String, PgStore, OrgId, Vec<i64>)> {
         let url = database().await?;
         let store = PgStore::connect(&url).await.unwrap();
-        let org = OrgId::parse("o").unwrap();
-        store.create_org(&org, "o", 1).await.unwrap();
-        let user = store.create_user("u", "U", None, 1).await.unwrap();
-        let queue = NewQueue {
-            key: "Q".into(),
-            name: "Q".into(),
-            lead: None,
-            default_type: "task".into(),
-        };
-        let queue = store.create_queue(&org, &queue, 1).await.unwrap();
-        let mut ids = Vec::new();
-        for k in 0..n {
-            let issue = store
-                .create_issue(&NewIssue {
-                    org: org.clone(),
-                    queue_id: queue.id,
-                    summary: format!("issue {k}"),
-                    description: None,
-                    ty: types.get(k).copied().unwrap_or("task").into(),
-                    assignee: None,
-                    parent: None,
-                    unique: None,
-                    custom: Default::default(),
-                    by: user.uid,
-                    at: 1,
-                })
-                .await
-                .unwrap();
-            ids.push(issue.id);
-        }
+        let (org, ids) = seed(&store, types, n).await;
         Some((url, store, org, ids))
     }
 

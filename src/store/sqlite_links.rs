@@ -395,7 +395,8 @@ mod tests {
     use super::*;
     use crate::domain::OrgId;
     use crate::domain::links::Relationship;
-    use crate::store::{NewIssue, NewQueue, SqliteStore, Store};
+    use crate::store::link_batch::test_support::seed;
+    use crate::store::{SqliteStore, Store};
     use tokio::sync::oneshot;
 
     /// A store with five issues; their ids.
@@ -407,36 +408,7 @@ mod tests {
     async fn issues(dir: &tempfile::TempDir, n: usize) -> (String, SqliteStore, OrgId, Vec<i64>) {
         let url = format!("sqlite://{}", dir.path().join("t.db").display());
         let store = SqliteStore::open(&url, Synchronous::Normal).await.unwrap();
-        let org = OrgId::parse("o").unwrap();
-        store.create_org(&org, "o", 1).await.unwrap();
-        let user = store.create_user("u", "U", None, 1).await.unwrap();
-        let queue = NewQueue {
-            key: "Q".into(),
-            name: "Q".into(),
-            lead: None,
-            default_type: "task".into(),
-        };
-        let queue = store.create_queue(&org, &queue, 1).await.unwrap();
-        let mut ids = Vec::new();
-        for n in 0..n {
-            let issue = store
-                .create_issue(&NewIssue {
-                    org: org.clone(),
-                    queue_id: queue.id,
-                    summary: format!("issue {n}"),
-                    description: None,
-                    ty: "task".into(),
-                    assignee: None,
-                    parent: None,
-                    unique: None,
-                    custom: Default::default(),
-                    by: user.uid,
-                    at: 1,
-                })
-                .await
-                .unwrap();
-            ids.push(issue.id);
-        }
+        let (org, ids) = seed(&store, &[], n).await;
         (url, store, org, ids)
     }
 
