@@ -151,7 +151,7 @@ impl fmt::Display for IssueKey {
 }
 
 /// How a path or body names an issue: by key or by numeric id.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum IssueLocator {
     /// `QUEUE-N`.
     Key(IssueKey),

@@ -147,6 +147,36 @@ impl From<&Issue> for IssueHead {
     }
 }
 
+/// The heads of issues this process has found or written, by organization and key or id.
+///
+/// Heads never change: no route or command deletes an issue, moves it to another queue (its key) or edits its
+/// creation time, so a head once read from the database stays true for every process sharing it, and needs no
+/// invalidation. What is not found is not kept (another process may create it). The link routes look up both
+/// issues of every request; this spares them those round trips (`docs/benchmarks.md`).
+#[derive(Clone)]
+pub(crate) struct HeadCache(Arc<moka::sync::Cache<(OrgId, IssueLocator), IssueHead>>);
+
+impl HeadCache {
+    /// How many heads are kept (about 100 bytes each), the least used going first.
+    const CAPACITY: u64 = 100_000;
+
+    pub(crate) fn new() -> HeadCache {
+        HeadCache(Arc::new(moka::sync::Cache::new(Self::CAPACITY)))
+    }
+
+    pub(crate) fn get(&self, org: &OrgId, which: &IssueLocator) -> Option<IssueHead> {
+        self.0.get(&(org.clone(), which.clone()))
+    }
+
+    /// Keeps `head` under both its key and its id.
+    pub(crate) fn put(&self, org: &OrgId, head: &IssueHead) {
+        if let Some(key) = crate::domain::IssueKey::parse(&head.key) {
+            self.0.insert((org.clone(), IssueLocator::Key(key)), head.clone());
+        }
+        self.0.insert((org.clone(), IssueLocator::Id(head.id)), head.clone());
+    }
+}
+
 /// A short issue reference: what a link's `object` or an issue's `parent` shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IssueBrief {

@@ -32,10 +32,11 @@ use crate::domain::dates::Millis;
 use crate::domain::links::LinkType;
 use crate::error::{Error, Result};
 
-/// Starts the batching task on `pool`.
-pub(super) fn start(pool: PgPool) -> LinkWriter {
+/// Starts the batching task: it writes on `pool` (its own connections) and reads the created links' views on
+/// `reads` (the store's pool).
+pub(super) fn start(pool: PgPool, reads: PgPool) -> LinkWriter {
     let (writer, rx) = LinkWriter::channel();
-    tokio::spawn(batches(rx, pool));
+    tokio::spawn(batches(rx, pool, reads));
     writer
 }
 
@@ -43,10 +44,15 @@ pub(super) fn start(pool: PgPool) -> LinkWriter {
 /// that kind — in this process or another — check their rules one after another.
 pub(super) async fn lock_graph(conn: &mut PgConnection, org: &str, rule: CycleRule) -> Result<()> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(format!("tether.links.{org}.{}", rule.name()))
+        .bind(lock_name(org, rule))
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// The name whose hash is the advisory lock of `org`'s links under `rule`.
+fn lock_name(org: &str, rule: CycleRule) -> String {
+    format!("tether.links.{org}.{}", rule.name())
 }
 
 /// How many batches of one process run at once, and so the writer's connections. One: with two, the second
@@ -56,30 +62,72 @@ pub(super) async fn lock_graph(conn: &mut PgConnection, org: &str, rule: CycleRu
 pub(super) const BATCHES_IN_FLIGHT: usize = 1;
 
 /// One batch at a time: what arrives while a batch runs is the next batch.
-async fn batches(mut rx: mpsc::UnboundedReceiver<Job>, pool: PgPool) {
+async fn batches(mut rx: mpsc::UnboundedReceiver<Job>, pool: PgPool, reads: PgPool) {
     while let Some(first) = rx.recv().await {
         let jobs = gather(first, &mut rx);
-        run_batch(&pool, jobs).await;
+        run_batch(&pool, &reads, jobs).await;
     }
 }
 
 /// Writes `jobs` as one planned transaction; when that cannot be kept (a fault, or a row that a writer elsewhere
-/// got in first), each job again in a transaction of its own, statement by statement.
-async fn run_batch(pool: &PgPool, jobs: Vec<Job>) {
-    if let Ok(Some(all)) = attempt(pool, &jobs, true).await {
-        for (job, out) in jobs.into_iter().zip(all) {
-            let _ = job.reply.send(out);
-        }
+/// got in first), each job again in a transaction of its own, statement by statement. A planned batch's views are
+/// read and its answers sent by a task of their own, so that the next batch begins at once.
+async fn run_batch(pool: &PgPool, reads: &PgPool, jobs: Vec<Job>) {
+    if let Ok(Some(done)) = attempt(pool, &jobs, true).await {
+        tokio::spawn(answer(reads.clone(), jobs, done));
         return;
     }
     for job in jobs {
-        let out = match attempt(pool, std::slice::from_ref(&job), false).await {
-            Ok(Some(mut all)) => all
-                .pop()
-                .unwrap_or_else(|| Err(Error::Internal(anyhow::anyhow!("a link job gave no outcome")))),
-            Ok(None) => Err(Error::Internal(anyhow::anyhow!("a link job could not be written"))),
-            Err(e) => Err(e),
+        match attempt(pool, std::slice::from_ref(&job), false).await {
+            Ok(Some(done)) => answer(reads.clone(), vec![job], done).await,
+            Ok(None) => {
+                let _ = job
+                    .reply
+                    .send(Err(Error::Internal(anyhow::anyhow!("a link job could not be written"))));
+            }
+            Err(e) => {
+                let _ = job.reply.send(Err(e));
+            }
+        }
+    }
+}
+
+/// A committed batch (or one whose commit failed): each job's outcome, and the links whose views its jobs
+/// asked for — (the issue each is seen from, link id).
+struct Done {
+    all: Vec<Outcome>,
+    wanted: (Vec<i64>, Vec<i64>),
+}
+
+/// Reads the views `done` wants (after the commit, so that the graph locks are held for no more than the rules
+/// need) and sends each job its outcome.
+async fn answer(reads: PgPool, jobs: Vec<Job>, mut done: Done) {
+    if !done.wanted.1.is_empty() {
+        let mut views = match views(&reads, &done.wanted.0, &done.wanted.1).await {
+            Ok(v) => Ok(v),
+            Err(e) => Err(format!("{e:#}")),
         };
+        for (job, out) in jobs.iter().zip(&mut done.all) {
+            let Ok(out) = out else { continue };
+            if !job.views {
+                continue;
+            }
+            for written in out.iter_mut() {
+                let Ok((id, _)) = *written else { continue };
+                *written = match &mut views {
+                    Ok(found) => match found.remove(&id) {
+                        Some(v) => Ok((id, Some(v))),
+                        None => Err(Error::not_found(
+                            "link",
+                            "The link was deleted as soon as it was created",
+                        )),
+                    },
+                    Err(e) => Err(Error::Internal(anyhow::anyhow!("reading the links just written: {e}"))),
+                };
+            }
+        }
+    }
+    for (job, out) in jobs.into_iter().zip(done.all) {
         let _ = job.reply.send(out);
     }
 }
@@ -87,22 +135,28 @@ async fn run_batch(pool: &PgPool, jobs: Vec<Job>) {
 /// The links of `jobs` in one transaction — `planned`: the rules' reads for the whole batch up front and the
 /// rows written together at the end ([`Plan`]); else a statement per read and write. `Err` for a fault before the
 /// commit and `None` when a planned write met a row written meanwhile (nothing was written either way); else each
-/// job's outcome — its records' ids (and views) or refusals, or, when the commit failed, that failure.
-async fn attempt(pool: &PgPool, jobs: &[Job], planned: bool) -> Result<Option<Vec<Outcome>>> {
-    let mut tx = Batch {
-        tx: pool.begin().await?,
-        touched: BTreeMap::new(),
-        plan: None,
-    };
-    // The locks the batch's links need, all `Depends` before any `Subtask` (the order every transaction keeps).
+/// job's outcome — its records' ids or refusals, or, when the commit failed, that failure.
+async fn attempt(pool: &PgPool, jobs: &[Job], planned: bool) -> Result<Option<Done>> {
+    // The locks the batch's links need, all `Depends` before any `Subtask` (the order every transaction keeps),
+    // taken by the statement that begins the transaction: one round trip.
     let locks: BTreeSet<(CycleRule, &str)> = jobs
         .iter()
         .flat_map(|j| &j.links)
         .filter_map(|l| rule_of(l.relationship.ty).map(|rule| (rule, l.org.as_str())))
         .collect();
+    let mut begin = String::from("BEGIN");
     for (rule, org) in locks {
-        lock_graph(&mut tx.tx, org, rule).await?;
+        // `org` is an `OrgId`, `[A-Za-z0-9_-]{1,64}` (`OrgId::parse`): nothing in it needs quoting.
+        begin.push_str(&format!(
+            "; SELECT pg_advisory_xact_lock(hashtextextended('{}', 0))",
+            lock_name(org, rule)
+        ));
     }
+    let mut tx = Batch {
+        tx: pool.begin_with(sqlx::AssertSqlSafe(begin)).await?,
+        touched: BTreeMap::new(),
+        plan: None,
+    };
     if planned {
         let links: Vec<&NewLink> = jobs.iter().flat_map(|j| &j.links).collect();
         tx.plan = Some(Plan::load(&mut tx.tx, &links).await?);
@@ -144,36 +198,18 @@ async fn attempt(pool: &PgPool, jobs: &[Job], planned: bool) -> Result<Option<Ve
     // A failed commit may or may not have written the batch: it is reported, not tried again.
     if let Err(e) = tx.tx.commit().await {
         let e = anyhow::Error::new(e).context("committing a batch of links");
-        return Ok(Some(
-            jobs.iter()
+        return Ok(Some(Done {
+            all: jobs
+                .iter()
                 .map(|_| Err(Error::Internal(anyhow::anyhow!("{e:#}"))))
                 .collect(),
-        ));
+            wanted: (Vec::new(), Vec::new()),
+        }));
     }
-    // The views are read after the commit, so that the graph locks are held for no more than the rules need.
-    let mut views = match views(pool, &wanted.0, &wanted.1).await {
-        Ok(v) => Ok(v),
-        Err(e) => Err(format!("{e:#}")),
-    };
-    for (job, out) in jobs.iter().zip(&mut all) {
-        if !job.views {
-            continue;
-        }
-        for written in out.iter_mut() {
-            let Ok((id, _)) = *written else { continue };
-            *written = match &mut views {
-                Ok(found) => match found.remove(&id) {
-                    Some(v) => Ok((id, Some(v))),
-                    None => Err(Error::not_found(
-                        "link",
-                        "The link was deleted as soon as it was created",
-                    )),
-                },
-                Err(e) => Err(Error::Internal(anyhow::anyhow!("reading the links just written: {e}"))),
-            };
-        }
-    }
-    Ok(Some(all.into_iter().map(Ok).collect()))
+    Ok(Some(Done {
+        all: all.into_iter().map(Ok).collect(),
+        wanted,
+    }))
 }
 
 /// The links `ids`, each seen from its issue in `this` (pairwise), by id.
@@ -727,15 +763,22 @@ mod tests {
         }
     }
 
-    fn jobs(links: Vec<Vec<NewLink>>) -> Vec<Job> {
+    /// A job per element of `links`, and where each job's outcome arrives.
+    fn jobs(links: Vec<Vec<NewLink>>) -> (Vec<Job>, Vec<oneshot::Receiver<Outcome>>) {
         links
             .into_iter()
-            .map(|links| Job {
-                links,
-                views: true,
-                reply: oneshot::channel().0,
+            .map(|links| {
+                let (reply, answer) = oneshot::channel();
+                (
+                    Job {
+                        links,
+                        views: true,
+                        reply,
+                    },
+                    answer,
+                )
             })
-            .collect()
+            .unzip()
     }
 
     /// A planned batch checks each link against the database as it was and the links the batch accepted before
@@ -759,7 +802,7 @@ mod tests {
             );
         }
         let pool = PgPool::connect(&url).await.unwrap();
-        let batch = jobs(vec![
+        let (batch, answers) = jobs(vec![
             // 0 → 1: with the database, 3 → 0 → 1 → 2.
             vec![link(&org, i[0], "depends on", i[1], false)],
             // 2 → 3 closes 0 → 1 → 2 → 3 → 0, through the link just before it: refused.
@@ -777,7 +820,12 @@ mod tests {
             vec![link(&org, i[4], "is parent task for", i[5], false)],
             vec![link(&org, i[0], "is parent task for", i[5], false)],
         ]);
-        let out = attempt(&pool, &batch, true).await.unwrap().expect("the plan is kept");
+        let done = attempt(&pool, &batch, true).await.unwrap().expect("the plan is kept");
+        answer(pool.clone(), batch, done).await;
+        let mut out = Vec::new();
+        for a in answers {
+            out.push(a.await.unwrap());
+        }
         let rule = |o: &Outcome, k: usize| matches!(&o.as_ref().unwrap()[k], Err(Error::Unprocessable { .. }));
         let ok = |o: &Outcome, k: usize| o.as_ref().unwrap()[k].as_ref().is_ok_and(|(_, v)| v.is_some());
         assert!(ok(&out[0], 0), "{:?}", out[0]);
@@ -832,7 +880,7 @@ mod tests {
         ];
         let planned = {
             let (pool, wanted) = (pool.clone(), wanted.clone());
-            tokio::spawn(async move { attempt(&pool, &jobs(vec![wanted]), true).await })
+            tokio::spawn(async move { attempt(&pool, &jobs(vec![wanted]).0, true).await })
         };
         // The batch read the pair as free and waits at its `INSERT` for the other transaction.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -841,6 +889,7 @@ mod tests {
         assert!(matches!(planned.await.unwrap(), Ok(None)), "the plan is not kept");
         let (reply, answer) = oneshot::channel();
         run_batch(
+            &pool,
             &pool,
             vec![Job {
                 links: wanted,

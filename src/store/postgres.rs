@@ -35,6 +35,8 @@ pub struct PgStore {
     pool: PgPool,
     /// Writes new links, batched (see `pg_links.rs`).
     links: super::link_batch::LinkWriter,
+    /// Issue heads found or written (see [`super::HeadCache`]).
+    heads: super::HeadCache,
 }
 
 impl PgStore {
@@ -50,8 +52,12 @@ impl PgStore {
         let writer = pool_options(super::pg_links::BATCHES_IN_FLIGHT as u32)
             .connect_with(opts.options([("plan_cache_mode", "force_generic_plan")]))
             .await?;
-        let links = super::pg_links::start(writer);
-        Ok(PgStore { pool, links })
+        let links = super::pg_links::start(writer, pool.clone());
+        Ok(PgStore {
+            pool,
+            links,
+            heads: super::HeadCache::new(),
+        })
     }
 
     /// How a read-then-write locks the row it reads (SQLite's writes are already serial).
@@ -67,6 +73,10 @@ impl PgStore {
 
     fn link_writer(&self) -> &super::link_batch::LinkWriter {
         &self.links
+    }
+
+    fn heads(&self) -> &super::HeadCache {
+        &self.heads
     }
 
     fn read(&self) -> &PgPool {

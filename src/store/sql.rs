@@ -1060,6 +1060,7 @@ macro_rules! impl_store {
                 let id = Self::insert_issue(&mut tx, new, None, "open", (new.at, new.by)).await?;
                 let issue = Self::issue_by_id_tx(&mut tx, id).await?;
                 tx.commit().await?;
+                self.heads().put(&new.org, &crate::store::IssueHead::from(&issue));
                 Ok(issue)
             }
 
@@ -1069,6 +1070,7 @@ macro_rules! impl_store {
                 let id = Self::insert_issue(&mut tx, &imp.issue, imp.number, &imp.status, updated).await?;
                 let issue = Self::issue_by_id_tx(&mut tx, id).await?;
                 tx.commit().await?;
+                self.heads().put(&imp.issue.org, &crate::store::IssueHead::from(&issue));
                 Ok(issue)
             }
 
@@ -1085,6 +1087,9 @@ macro_rules! impl_store {
             }
 
             async fn issue_head(&self, org: &OrgId, which: &IssueLocator) -> Result<Option<crate::store::IssueHead>> {
+                if let Some(head) = self.heads().get(org, which) {
+                    return Ok(Some(head));
+                }
                 let q = match which {
                     IssueLocator::Key(k) => sqlx::query_as::<$db, (i64, String, i64)>(
                         "SELECT id, key, created_at FROM issues WHERE org_id = $1 AND key = $2",
@@ -1097,7 +1102,11 @@ macro_rules! impl_store {
                     .bind(org.as_str())
                     .bind(*id),
                 };
-                Ok(q.fetch_optional(self.read()).await?.map(|(id, key, created_at)| crate::store::IssueHead { id, key, created_at }))
+                let head = q.fetch_optional(self.read()).await?.map(|(id, key, created_at)| crate::store::IssueHead { id, key, created_at });
+                if let Some(h) = &head {
+                    self.heads().put(org, h);
+                }
+                Ok(head)
             }
 
             async fn find_by_unique(&self, org: &OrgId, unique: &str) -> Result<Option<Issue>> {

@@ -28,6 +28,8 @@ pub struct SqliteStore {
     generation: Arc<AtomicU64>,
     /// Writes new links, batched (see `sqlite_links.rs`).
     links: super::link_batch::LinkWriter,
+    /// Issue heads found or written (see [`super::HeadCache`]).
+    heads: super::HeadCache,
 }
 
 impl SqliteStore {
@@ -94,6 +96,7 @@ impl SqliteStore {
             writer,
             generation,
             links,
+            heads: super::HeadCache::new(),
         })
     }
 
@@ -113,6 +116,10 @@ impl SqliteStore {
 
     fn link_writer(&self) -> &super::link_batch::LinkWriter {
         &self.links
+    }
+
+    fn heads(&self) -> &super::HeadCache {
+        &self.heads
     }
 
     fn read(&self) -> &SqlitePool {
