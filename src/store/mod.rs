@@ -147,7 +147,7 @@ impl From<&Issue> for IssueHead {
     }
 }
 
-/// The heads of issues this process has found or written, by organization and key or id.
+/// The heads of issues this process has found or written, by organization and the key or id they were asked by.
 ///
 /// Heads never change: no route or command deletes an issue, moves it to another queue (its key) or edits its
 /// creation time, so a head once read from the database stays true for every process sharing it, and needs no
@@ -157,8 +157,9 @@ impl From<&Issue> for IssueHead {
 pub(crate) struct HeadCache(Arc<moka::sync::Cache<(OrgId, IssueLocator), IssueHead>>);
 
 impl HeadCache {
-    /// How many heads are kept (about 100 bytes each), the least used going first.
-    const CAPACITY: u64 = 100_000;
+    /// How many heads are kept, the least used going first: an entry costs the server about 500 bytes of memory
+    /// (measured: 100 000 of them raised its peak RSS by about 50 MiB), so at most about 25 MiB.
+    const CAPACITY: u64 = 50_000;
 
     pub(crate) fn new() -> HeadCache {
         HeadCache(Arc::new(moka::sync::Cache::new(Self::CAPACITY)))
@@ -168,12 +169,16 @@ impl HeadCache {
         self.0.get(&(org.clone(), which.clone()))
     }
 
-    /// Keeps `head` under both its key and its id.
-    pub(crate) fn put(&self, org: &OrgId, head: &IssueHead) {
-        if let Some(key) = crate::domain::IssueKey::parse(&head.key) {
-            self.0.insert((org.clone(), IssueLocator::Key(key)), head.clone());
+    /// Keeps `head` under `which`.
+    pub(crate) fn put(&self, org: &OrgId, which: IssueLocator, head: IssueHead) {
+        self.0.insert((org.clone(), which), head);
+    }
+
+    /// Keeps the head of an issue just written under its key (how clients name issues).
+    pub(crate) fn put_new(&self, org: &OrgId, issue: &Issue) {
+        if let Some(key) = crate::domain::IssueKey::parse(&issue.key) {
+            self.put(org, IssueLocator::Key(key), IssueHead::from(issue));
         }
-        self.0.insert((org.clone(), IssueLocator::Id(head.id)), head.clone());
     }
 }
 

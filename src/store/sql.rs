@@ -1060,7 +1060,7 @@ macro_rules! impl_store {
                 let id = Self::insert_issue(&mut tx, new, None, "open", (new.at, new.by)).await?;
                 let issue = Self::issue_by_id_tx(&mut tx, id).await?;
                 tx.commit().await?;
-                self.heads().put(&new.org, &crate::store::IssueHead::from(&issue));
+                self.heads().put_new(&new.org, &issue);
                 Ok(issue)
             }
 
@@ -1070,7 +1070,7 @@ macro_rules! impl_store {
                 let id = Self::insert_issue(&mut tx, &imp.issue, imp.number, &imp.status, updated).await?;
                 let issue = Self::issue_by_id_tx(&mut tx, id).await?;
                 tx.commit().await?;
-                self.heads().put(&imp.issue.org, &crate::store::IssueHead::from(&issue));
+                self.heads().put_new(&imp.issue.org, &issue);
                 Ok(issue)
             }
 
@@ -1104,7 +1104,7 @@ macro_rules! impl_store {
                 };
                 let head = q.fetch_optional(self.read()).await?.map(|(id, key, created_at)| crate::store::IssueHead { id, key, created_at });
                 if let Some(h) = &head {
-                    self.heads().put(org, h);
+                    self.heads().put(org, which.clone(), h.clone());
                 }
                 Ok(head)
             }
