@@ -1247,6 +1247,29 @@ mod several_servers {
                 assert_eq!(created(&statuses), 1, "round {round}, two parents: {statuses:?}");
                 assert_eq!(self.links(1, &c).await.len(), 1);
             }
+
+            // An issue server 0 was asked for before server 1 created it: each process keeps the issues it found
+            // (`HeadCache`), but not what it did not find, so the new issue is found at once.
+            let a = self.issue(0, "asked early").await;
+            let n: u64 = a.trim_start_matches("K-").parse().expect("a K-N key");
+            let next = format!("K-{}", n + 1);
+            for path in [format!("/v2/issues/{next}/links"), format!("/v2/issues/{next}")] {
+                let (status, body) = s0.send(reqwest::Method::GET, &path, None).await;
+                assert_eq!(status, 404, "{path}: {body}");
+            }
+            let (status, body) = s0
+                .send(
+                    reqwest::Method::POST,
+                    &format!("/v2/issues/{a}/links"),
+                    Some(json!({"relationship": "relates", "issue": next})),
+                )
+                .await;
+            assert_eq!(status, 404, "{body}");
+            let b = self.issue(1, "created late").await;
+            assert_eq!(b, next);
+            assert_eq!(s0.link(&a, "relates", &b).await, 201);
+            assert_eq!(s0.link(&b, "depends on", &a).await, 422);
+            assert_eq!(self.links(0, &b).await.len(), 1);
         }
     }
 

@@ -83,8 +83,8 @@ async fn batches(mut rx: mpsc::UnboundedReceiver<Job>, pool: PgPool, reads: PgPo
 /// while `links` was small reads it with sequential scans (its pair check hashed the whole table), and stays so
 /// while the table grows faster than autovacuum analyzes it — on a new database under load the facts statement
 /// went from 0.2 to 4 ms within 10 000 links (`docs/benchmarks.md`). Planning again at most once a second costs
-/// one planning of each statement a second (under 2 ms for the facts statement). The pool holds [`BATCHES_IN_FLIGHT`] = 1 connection, the one acquired here; a
-/// failure is left to the next batch.
+/// one planning of each statement a second (under 2 ms for the facts statement). The pool holds
+/// [`BATCHES_IN_FLIGHT`] = 1 connection, the one acquired here; a failure is left to the next batch.
 async fn replan(pool: &PgPool) {
     if let Ok(mut conn) = pool.acquire().await {
         let _ = sqlx::Connection::clear_cached_statements(&mut *conn).await;
