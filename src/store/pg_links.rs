@@ -28,6 +28,7 @@ use super::link_rules::{
 };
 use super::sql::{CycleRule, LinkRow, link_select};
 use super::{LinkView, NewLink};
+use crate::domain::OrgId;
 use crate::domain::dates::Millis;
 use crate::domain::links::LinkType;
 use crate::error::{Error, Result};
@@ -42,17 +43,22 @@ pub(super) fn start(pool: PgPool, reads: PgPool) -> LinkWriter {
 
 /// Takes a rule's advisory lock until the end of the transaction: racing writers of the organization's links of
 /// that kind — in this process or another — check their rules one after another.
-pub(super) async fn lock_graph(conn: &mut PgConnection, org: &str, rule: CycleRule) -> Result<()> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-        .bind(lock_name(org, rule))
+pub(super) async fn lock_graph(conn: &mut PgConnection, org: &OrgId, rule: CycleRule) -> Result<()> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(lock_sql(org, rule)))
         .execute(conn)
         .await?;
     Ok(())
 }
 
-/// The name whose hash is the advisory lock of `org`'s links under `rule`.
-fn lock_name(org: &str, rule: CycleRule) -> String {
-    format!("tether.links.{org}.{}", rule.name())
+/// The statement that takes the advisory lock of `org`'s links under `rule`. The lock's name is written into the
+/// SQL (so that a batch can send it with its `BEGIN`, one round trip): an `OrgId` is `[A-Za-z0-9_-]{1,64}`
+/// (`OrgId::parse`, its only constructor), so nothing in it needs quoting.
+fn lock_sql(org: &OrgId, rule: CycleRule) -> String {
+    format!(
+        "SELECT pg_advisory_xact_lock(hashtextextended('tether.links.{}.{}', 0))",
+        org.as_str(),
+        rule.name()
+    )
 }
 
 /// How many batches of one process run at once, and so the writer's connections. One: with two, the second
@@ -161,18 +167,15 @@ async fn answer(reads: PgPool, jobs: Vec<Job>, mut done: Done) {
 async fn attempt(pool: &PgPool, jobs: &[Job], planned: bool) -> Result<Option<Done>> {
     // The locks the batch's links need, all `Depends` before any `Subtask` (the order every transaction keeps),
     // taken by the statement that begins the transaction: one round trip.
-    let locks: BTreeSet<(CycleRule, &str)> = jobs
+    let locks: BTreeMap<(CycleRule, &str), &OrgId> = jobs
         .iter()
         .flat_map(|j| &j.links)
-        .filter_map(|l| rule_of(l.relationship.ty).map(|rule| (rule, l.org.as_str())))
+        .filter_map(|l| rule_of(l.relationship.ty).map(|rule| ((rule, l.org.as_str()), &l.org)))
         .collect();
     let mut begin = String::from("BEGIN");
-    for (rule, org) in locks {
-        // `org` is an `OrgId`, `[A-Za-z0-9_-]{1,64}` (`OrgId::parse`): nothing in it needs quoting.
-        begin.push_str(&format!(
-            "; SELECT pg_advisory_xact_lock(hashtextextended('{}', 0))",
-            lock_name(org, rule)
-        ));
+    for ((rule, _), org) in locks {
+        begin.push_str("; ");
+        begin.push_str(&lock_sql(org, rule));
     }
     let mut tx = Batch {
         tx: pool.begin_with(sqlx::AssertSqlSafe(begin)).await?,

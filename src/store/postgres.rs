@@ -96,7 +96,7 @@ impl PgStore {
         org: &OrgId,
         rule: CycleRule,
     ) -> Result<()> {
-        super::pg_links::lock_graph(tx, org.as_str(), rule).await
+        super::pg_links::lock_graph(tx, org, rule).await
     }
 }
 
