@@ -26,7 +26,7 @@ use super::link_batch::{Job, LinkWriter, Outcome, gather};
 use super::link_rules::{
     CURRENT_EPIC_SQL, CURRENT_PARENT_SQL, INSERT_LINK_SQL, LinkInsert, LinkTx, PAIR_SQL, PairRow, insert_link,
 };
-use super::sql::{CycleRule, LinkRow, link_select};
+use super::sql::{CycleRule, LinkRow, link_columns};
 use super::{LinkView, NewLink};
 use crate::domain::OrgId;
 use crate::domain::dates::Millis;
@@ -34,7 +34,7 @@ use crate::domain::links::LinkType;
 use crate::error::{Error, Result};
 
 /// Starts the batching task: it writes on `pool` (its own connections) and reads the created links' views on
-/// `reads` (the store's pool).
+/// `reads` (connections of their own, [`VIEW_READERS`] at most).
 pub(super) fn start(pool: PgPool, reads: PgPool) -> LinkWriter {
     let (writer, rx) = LinkWriter::channel();
     tokio::spawn(batches(rx, pool, reads));
@@ -66,6 +66,10 @@ fn lock_sql(org: &OrgId, rule: CycleRule) -> String {
 /// the waiting jobs, and `depends` creates at c=16 went from 649 and 685 to 593 and 569 per second
 /// (`docs/benchmarks.md`).
 pub(super) const BATCHES_IN_FLIGHT: usize = 1;
+
+/// How many connections read the views of written batches: a batch's views are read while the next batches are
+/// written, by a task of their own ([`answer`]).
+pub(super) const VIEW_READERS: u32 = 4;
 
 /// How long the writer keeps its statements' plans at most (see [`replan`]).
 const REPLAN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -272,10 +276,20 @@ struct Batch {
     plan: Option<Plan>,
 }
 
-/// [`link_select`] for the links `$2` seen from the issues `$1` (pairwise).
-const LINKS_BY_ID_SQL: &str = link_select!(
-    "unnest($1::bigint[], $2::bigint[]) AS v(this_id, link_id) JOIN links l ON l.id = v.link_id",
-    "v.this_id"
+/// [`link_columns`] for the links `$2` seen from the issues `$1` (pairwise). Read on connections that keep one
+/// generic plan (see `postgres.rs`), so each row it joins is a subquery the planner may not pull up (`OFFSET 0`):
+/// a primary-key lookup whatever the plan's estimates — a generic plan made on a new database hashed the whole
+/// tables as a join.
+const LINKS_BY_ID_SQL: &str = concat!(
+    link_columns!(),
+    "unnest($1::bigint[], $2::bigint[]) AS v(this_id, link_id) \
+     CROSS JOIN LATERAL (SELECT * FROM links l WHERE l.id = v.link_id OFFSET 0) l \
+     CROSS JOIN LATERAL (SELECT key FROM issues t WHERE t.id = v.this_id OFFSET 0) t \
+     CROSS JOIN LATERAL (SELECT id, key, summary, status, assignee_uid FROM issues o \
+     WHERE o.id = CASE WHEN l.outward_id = v.this_id THEN l.inward_id ELSE l.outward_id END OFFSET 0) o \
+     LEFT JOIN LATERAL (SELECT display FROM users u WHERE u.uid = o.assignee_uid OFFSET 0) au ON true \
+     CROSS JOIN LATERAL (SELECT display FROM users u WHERE u.uid = l.created_by OFFSET 0) cu \
+     CROSS JOIN LATERAL (SELECT display FROM users u WHERE u.uid = l.updated_by OFFSET 0) uu"
 );
 
 impl Batch {

@@ -56,17 +56,27 @@ pub(super) const ISSUE_SELECT: &str = "SELECT i.id, i.key, i.summary, i.descript
      LEFT JOIN links pl ON pl.inward_id = i.id AND pl.type = 'subtask' \
      LEFT JOIN issues p ON p.id = pl.outward_id ";
 
-/// The columns of a link seen from its `this` issue (the SQL expression `$this`), with the other issue and people
-/// joined in; `$from` names the links as `l` (and whatever supplies `$this`).
+/// The columns of a link seen from its `this` issue, up to `FROM`: what supplies them names the link `l`, its
+/// `this` issue `t`, the other issue `o` and the users `au` (the other issue's assignee), `cu` and `uu` (who
+/// created and updated the link). [`LinkRow`] reads them.
+macro_rules! link_columns {
+    () => {
+        "SELECT l.id, l.type AS ty, l.outward_id, t.key AS this_key, \
+         o.id AS object_id, o.key AS object_key, o.summary AS object_summary, o.status AS object_status, \
+         o.assignee_uid, au.display AS assignee_display, \
+         l.created_by, cu.display AS created_by_display, l.updated_by, uu.display AS updated_by_display, \
+         l.created_at, l.updated_at \
+         FROM "
+    };
+}
+pub(super) use link_columns;
+
+/// [`link_columns`] for a link seen from its `this` issue (the SQL expression `$this`), with the other issue and
+/// people joined in; `$from` names the links as `l` (and whatever supplies `$this`).
 macro_rules! link_select {
     ($from:literal, $this:literal) => {
         concat!(
-            "SELECT l.id, l.type AS ty, l.outward_id, t.key AS this_key, \
-             o.id AS object_id, o.key AS object_key, o.summary AS object_summary, o.status AS object_status, \
-             o.assignee_uid, au.display AS assignee_display, \
-             l.created_by, cu.display AS created_by_display, l.updated_by, uu.display AS updated_by_display, \
-             l.created_at, l.updated_at \
-             FROM ",
+            link_columns!(),
             $from,
             " JOIN issues t ON t.id = ",
             $this,
@@ -79,7 +89,6 @@ macro_rules! link_select {
         )
     };
 }
-pub(super) use link_select;
 
 /// The links of issue `$2` in organization `$1`, seen from it.
 pub(super) const LINK_SELECT: &str = concat!(
