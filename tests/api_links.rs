@@ -398,8 +398,16 @@ both_backends! {
         let assigned = app.issue_with(json!({"queue": "K", "summary": "assigned", "assignee": "admin"})).await;
         let free = app.issue("K", "unassigned").await;
         let ak = key(&a);
-        app.link(&ak, "relates", &key(&assigned)).await;
-        app.link(&ak, "depends on", &key(&free)).await;
+        // The created link's answer carries them too (read back after the write: on PostgreSQL by the link
+        // writer's own statement, not the list's).
+        let created = app.link(&ak, "relates", &key(&assigned)).await;
+        assert_eq!(created["assignee"]["id"], json!(admin_uid), "{created}");
+        assert!(created["assignee"]["display"].is_string(), "{created}");
+        assert_eq!(created["status"]["key"], "open", "{created}");
+        assert_eq!(created["object"]["key"], assigned["key"], "{created}");
+        let created = app.link(&ak, "depends on", &key(&free)).await;
+        assert!(created.get("assignee").is_none(), "{created}");
+        assert_eq!(created["object"]["key"], free["key"], "{created}");
         let closed = app.post(&format!("/v2/issues/{}/transitions/close/_execute", key(&free)), json!({})).await;
         assert_eq!(closed.status, 200, "{}", closed.body);
 
