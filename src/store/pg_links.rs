@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 #[cfg(test)]
 use std::time::Duration;
 
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{Postgres, Row, Transaction};
 use tokio::sync::mpsc;
@@ -26,6 +27,7 @@ use super::link_batch::{Job, LinkWriter, Outcome, gather};
 use super::link_rules::{
     CURRENT_EPIC_SQL, CURRENT_PARENT_SQL, INSERT_LINK_SQL, LinkInsert, LinkTx, PAIR_SQL, PairRow, insert_link,
 };
+use super::postgres::IDLE_PING_AFTER;
 use super::sql::{CycleRule, LinkRow, link_columns};
 use super::{LinkView, NewLink};
 use crate::domain::OrgId;
@@ -75,15 +77,44 @@ pub(super) const VIEW_READERS: u32 = 4;
 const REPLAN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One batch at a time: what arrives while a batch runs is the next batch.
+///
+/// The writer keeps its connection from one batch to the next: sqlx tests every connection given back to its pool
+/// with a round trip to the server, and with a pool of one connection the next batch waited for it — 0.05 to 0.08 ms
+/// of a c=16 batch's 1.6 to 2.3 ms, from the writer's side (`docs/benchmarks.md`). It gives the connection back after a
+/// batch that met a fault, and pings it first when it has been idle as long as the pool would have ([`IDLE_PING_AFTER`]):
+/// a connection that fails either test is closed, and the next batch takes one from the pool, which opens a new one.
 async fn batches(mut rx: mpsc::UnboundedReceiver<Job>, pool: PgPool, reads: PgPool) {
     let mut planned_at = std::time::Instant::now();
+    let mut held: Option<(PoolConnection<Postgres>, std::time::Instant)> = None;
     while let Some(first) = rx.recv().await {
+        let jobs = gather(first, &mut rx);
+        let kept = match held.take() {
+            Some((conn, used)) if used.elapsed() < IDLE_PING_AFTER => Some(conn),
+            // Dropped when it fails: given back to the pool, which tests it again and closes it.
+            Some((mut conn, _)) => sqlx::Connection::ping(&mut *conn).await.ok().map(|()| conn),
+            None => None,
+        };
+        let conn = match kept {
+            Some(conn) => Ok(conn),
+            None => pool.acquire().await,
+        };
+        let mut conn = match conn {
+            Ok(conn) => conn,
+            Err(e) => {
+                let e = format!("{:#}", anyhow::Error::new(e).context("connecting the link writer"));
+                for job in jobs {
+                    let _ = job.reply.send(Err(Error::Internal(anyhow::anyhow!("{e}"))));
+                }
+                continue;
+            }
+        };
         if planned_at.elapsed() >= REPLAN_EVERY {
-            replan(&pool).await;
+            replan(&mut conn).await;
             planned_at = std::time::Instant::now();
         }
-        let jobs = gather(first, &mut rx);
-        run_batch(&pool, &reads, jobs).await;
+        if run_batch(&mut conn, &reads, jobs).await {
+            held = Some((conn, std::time::Instant::now()));
+        }
     }
 }
 
@@ -93,40 +124,48 @@ async fn batches(mut rx: mpsc::UnboundedReceiver<Job>, pool: PgPool, reads: PgPo
 /// while `links` was small reads it with sequential scans (its pair check hashed the whole table), and stays so
 /// while the table grows faster than autovacuum analyzes it — on a new database under load the facts statement
 /// went from 0.2 to 4 ms within 10 000 links (`docs/benchmarks.md`). Planning again at most once a second costs
-/// one planning of each statement a second (under 2 ms for the facts statement). The pool holds
-/// [`BATCHES_IN_FLIGHT`] = 1 connection, the one acquired here; a failure is left to the next batch.
-async fn replan(pool: &PgPool) {
-    if let Ok(mut conn) = pool.acquire().await {
-        let _ = sqlx::Connection::clear_cached_statements(&mut *conn).await;
-    }
+/// one planning of each statement a second (under 2 ms for the facts statement). A failure is left to the next
+/// batch.
+async fn replan(conn: &mut PgConnection) {
+    let _ = sqlx::Connection::clear_cached_statements(conn).await;
 }
 
 /// Writes `jobs` as one planned transaction; when that cannot be kept (a fault, or a row that a writer elsewhere
 /// got in first), each job again in a transaction of its own, statement by statement. A planned batch's views are
-/// read and its answers sent by a task of their own, so that the next batch begins at once.
-async fn run_batch(pool: &PgPool, reads: &PgPool, jobs: Vec<Job>) {
-    if let Ok(Some(done)) = attempt(pool, &jobs, true).await {
+/// read and its answers sent by a task of their own, so that the next batch begins at once. Whether `conn` met no
+/// fault (a statement that failed, a commit that did not answer), and so may write the next batch.
+async fn run_batch(conn: &mut PgConnection, reads: &PgPool, jobs: Vec<Job>) -> bool {
+    if let Ok(Some(done)) = attempt(conn, &jobs, true).await {
+        let sound = done.committed;
         tokio::spawn(answer(reads.clone(), jobs, done));
-        return;
+        return sound;
     }
+    let mut sound = true;
     for job in jobs {
-        match attempt(pool, std::slice::from_ref(&job), false).await {
-            Ok(Some(done)) => answer(reads.clone(), vec![job], done).await,
+        match attempt(conn, std::slice::from_ref(&job), false).await {
+            Ok(Some(done)) => {
+                sound &= done.committed;
+                answer(reads.clone(), vec![job], done).await;
+            }
             Ok(None) => {
                 let _ = job
                     .reply
                     .send(Err(Error::Internal(anyhow::anyhow!("a link job could not be written"))));
             }
             Err(e) => {
+                sound = false;
                 let _ = job.reply.send(Err(e));
             }
         }
     }
+    sound
 }
 
 /// A committed batch (or one whose commit failed): each job's outcome, and the links whose views its jobs
 /// asked for — (the issue each is seen from, link id).
 struct Done {
+    /// Whether the commit answered (when it did not, `all` says so to every job).
+    committed: bool,
     all: Vec<Outcome>,
     wanted: (Vec<i64>, Vec<i64>),
 }
@@ -168,7 +207,7 @@ async fn answer(reads: PgPool, jobs: Vec<Job>, mut done: Done) {
 /// rows written together at the end ([`Plan`]); else a statement per read and write. `Err` for a fault before the
 /// commit and `None` when a planned write met a row written meanwhile (nothing was written either way); else each
 /// job's outcome — its records' ids or refusals, or, when the commit failed, that failure.
-async fn attempt(pool: &PgPool, jobs: &[Job], planned: bool) -> Result<Option<Done>> {
+async fn attempt(conn: &mut PgConnection, jobs: &[Job], planned: bool) -> Result<Option<Done>> {
     // The locks the batch's links need, all `Depends` before any `Subtask` (the order every transaction keeps),
     // taken by the statement that begins the transaction: one round trip.
     let locks: BTreeMap<(CycleRule, &str), &OrgId> = jobs
@@ -182,7 +221,7 @@ async fn attempt(pool: &PgPool, jobs: &[Job], planned: bool) -> Result<Option<Do
         begin.push_str(&lock_sql(org, rule));
     }
     let mut tx = Batch {
-        tx: pool.begin_with(sqlx::AssertSqlSafe(begin)).await?,
+        tx: sqlx::Connection::begin_with(conn, sqlx::AssertSqlSafe(begin)).await?,
         touched: BTreeMap::new(),
         plan: None,
     };
@@ -228,6 +267,7 @@ async fn attempt(pool: &PgPool, jobs: &[Job], planned: bool) -> Result<Option<Do
     if let Err(e) = tx.tx.commit().await {
         let e = anyhow::Error::new(e).context("committing a batch of links");
         return Ok(Some(Done {
+            committed: false,
             all: jobs
                 .iter()
                 .map(|_| Err(Error::Internal(anyhow::anyhow!("{e:#}"))))
@@ -236,6 +276,7 @@ async fn attempt(pool: &PgPool, jobs: &[Job], planned: bool) -> Result<Option<Do
         }));
     }
     Ok(Some(Done {
+        committed: true,
         all: all.into_iter().map(Ok).collect(),
         wanted,
     }))
@@ -269,8 +310,8 @@ fn rule_of(ty: LinkType) -> Option<CycleRule> {
 }
 
 /// The batch's transaction, the issues whose `updatedAt` its links set, and its plan when it has one.
-struct Batch {
-    tx: Transaction<'static, Postgres>,
+struct Batch<'c> {
+    tx: Transaction<'c, Postgres>,
     /// Issue id → the latest `updatedAt` a link of the batch gives it.
     touched: BTreeMap<i64, Millis>,
     plan: Option<Plan>,
@@ -292,7 +333,7 @@ const LINKS_BY_ID_SQL: &str = concat!(
      CROSS JOIN LATERAL (SELECT display FROM users u WHERE u.uid = l.updated_by OFFSET 0) uu"
 );
 
-impl Batch {
+impl Batch<'_> {
     /// Sets the touched issues' `updatedAt`, locking their rows in id order first, so that two transactions
     /// touching the same issues never wait on each other in a circle.
     async fn touch_all(&mut self) -> Result<()> {
@@ -321,7 +362,7 @@ impl Batch {
     }
 }
 
-impl LinkTx for Batch {
+impl LinkTx for Batch<'_> {
     async fn pair(&mut self, org: &str, this: i64, other: i64, lo: i64, hi: i64) -> Result<Vec<PairRow>> {
         if let Some(plan) = &self.plan {
             return plan.pair(lo, hi);
@@ -864,7 +905,12 @@ mod tests {
             vec![link(&org, i[4], "is parent task for", i[5], false)],
             vec![link(&org, i[0], "is parent task for", i[5], false)],
         ]);
-        let done = attempt(&pool, &batch, true).await.unwrap().expect("the plan is kept");
+        let mut conn = pool.acquire().await.unwrap();
+        let done = attempt(&mut conn, &batch, true)
+            .await
+            .unwrap()
+            .expect("the plan is kept");
+        assert!(done.committed);
         answer(pool.clone(), batch, done).await;
         let mut out = Vec::new();
         for a in answers {
@@ -895,8 +941,75 @@ mod tests {
         assert_eq!(types, ["depends", "depends", "epic", "subtask"]);
         let view = out[0].as_ref().unwrap()[0].as_ref().unwrap().1.as_ref().unwrap();
         assert_eq!(view.id, answered[0]);
+        drop(conn);
         pool.close().await;
         drop_database(&url).await;
+    }
+
+    /// The writer keeps its connection between batches; when that connection dies (here: every connection of
+    /// the database closed by the server), the batch that meets it fails, and the writer takes a new one: the
+    /// links after it are written.
+    #[tokio::test]
+    async fn the_writer_takes_a_new_connection_when_its_own_dies() {
+        let Some((url, store, org, i)) = issues(&[], 12).await else {
+            return;
+        };
+        store
+            .create_link(&link(&org, i[0], "depends on", i[1], false))
+            .await
+            .expect("a link before the connections die");
+        kill_connections(&url).await;
+        // A few links may meet a dead connection (the writer's, the views reader's); then every one is written.
+        let mut written = Vec::new();
+        for k in 1..6 {
+            let out = store
+                .create_link(&link(&org, i[2 * k], "depends on", i[2 * k + 1], false))
+                .await;
+            written.push(out.is_ok());
+        }
+        let first = written
+            .iter()
+            .position(|w| *w)
+            .expect("a link is written after the connections died");
+        assert!(written[first..].iter().all(|w| *w), "{written:?}");
+        assert!(first <= 3, "{written:?}");
+        drop(store);
+        drop_database(&url).await;
+    }
+
+    /// A connection that has been idle a while is tested before a batch, as the pool tests its own: when the
+    /// server closed it meanwhile, the writer takes a new one, and the batch is written.
+    #[tokio::test]
+    async fn the_writer_tests_its_connection_after_an_idle_while() {
+        let Some((url, store, org, i)) = issues(&[], 4).await else {
+            return;
+        };
+        store
+            .create_link(&link(&org, i[0], "depends on", i[1], false))
+            .await
+            .expect("a link before the connections die");
+        kill_connections(&url).await;
+        tokio::time::sleep(IDLE_PING_AFTER + Duration::from_millis(500)).await;
+        store
+            .create_link(&link(&org, i[2], "depends on", i[3], false))
+            .await
+            .expect("the first link after the idle while");
+        drop(store);
+        drop_database(&url).await;
+    }
+
+    /// Has the server close every other connection to the database at `url`.
+    async fn kill_connections(url: &str) {
+        let mut admin = PgConnection::connect(url).await.unwrap();
+        let killed: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+        assert!(!killed.is_empty() && killed.iter().all(|k| *k), "{killed:?}");
+        admin.close().await.unwrap();
     }
 
     /// A planned batch whose pair another writer takes meanwhile (here: a transaction that commits the same pair
@@ -924,7 +1037,10 @@ mod tests {
         ];
         let planned = {
             let (pool, wanted) = (pool.clone(), wanted.clone());
-            tokio::spawn(async move { attempt(&pool, &jobs(vec![wanted]).0, true).await })
+            tokio::spawn(async move {
+                let mut conn = pool.acquire().await.unwrap();
+                attempt(&mut conn, &jobs(vec![wanted]).0, true).await
+            })
         };
         // The batch read the pair as free and waits at its `INSERT` for the other transaction.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -932,8 +1048,9 @@ mod tests {
         other.commit().await.unwrap();
         assert!(matches!(planned.await.unwrap(), Ok(None)), "the plan is not kept");
         let (reply, answer) = oneshot::channel();
-        run_batch(
-            &pool,
+        let mut conn = pool.acquire().await.unwrap();
+        let sound = run_batch(
+            &mut conn,
             &pool,
             vec![Job {
                 links: wanted,
@@ -942,6 +1059,7 @@ mod tests {
             }],
         )
         .await;
+        assert!(sound, "a refusal is no fault: the writer keeps its connection");
         let out = answer.await.unwrap().unwrap();
         assert!(matches!(out[0], Err(Error::Unprocessable { .. })), "{out:?}");
         assert!(out[1].as_ref().is_ok_and(|(_, v)| v.is_some()), "{out:?}");
@@ -950,6 +1068,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 2, "the other writer's link and the batch's second one");
+        drop(conn);
         pool.close().await;
         drop_database(&url).await;
     }

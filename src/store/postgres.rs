@@ -9,7 +9,7 @@ use std::str::FromStr;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 /// How long a pooled connection may sit idle before it is pinged on its way out of the pool.
-const IDLE_PING_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+pub(super) const IDLE_PING_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A pool of at most `max` connections.
 fn pool_options(max: u32) -> PgPoolOptions {
