@@ -69,6 +69,9 @@ fn lock_sql(org: &OrgId, rule: CycleRule) -> String {
 /// (`docs/benchmarks.md`).
 pub(super) const BATCHES_IN_FLIGHT: usize = 1;
 
+/// The `application_name` of the writer's connections.
+pub(super) const WRITER_NAME: &str = "tether link writer";
+
 /// How many connections read the views of written batches: a batch's views are read while the next batches are
 /// written, by a task of their own ([`answer`]).
 pub(super) const VIEW_READERS: u32 = 4;
@@ -94,28 +97,32 @@ async fn batches(mut rx: mpsc::UnboundedReceiver<Job>, pool: PgPool, reads: PgPo
             Some((mut conn, _)) => sqlx::Connection::ping(&mut *conn).await.ok().map(|()| conn),
             None => None,
         };
-        let conn = match kept {
-            Some(conn) => Ok(conn),
-            None => pool.acquire().await,
-        };
-        let mut conn = match conn {
-            Ok(conn) => conn,
-            Err(e) => {
-                let e = format!("{:#}", anyhow::Error::new(e).context("connecting the link writer"));
-                for job in jobs {
-                    let _ = job.reply.send(Err(Error::Internal(anyhow::anyhow!("{e}"))));
+        let mut conn = match kept {
+            Some(conn) => conn,
+            None => match pool.acquire().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    let e = format!("{:#}", unavailable(e));
+                    for job in jobs {
+                        let _ = job.reply.send(Err(Error::Internal(anyhow::anyhow!("{e}"))));
+                    }
+                    continue;
                 }
-                continue;
-            }
+            },
         };
         if planned_at.elapsed() >= REPLAN_EVERY {
             replan(&mut conn).await;
             planned_at = std::time::Instant::now();
         }
-        if run_batch(&mut conn, &reads, jobs).await {
-            held = Some((conn, std::time::Instant::now()));
-        }
+        held = run_batch(conn, &pool, &reads, jobs)
+            .await
+            .map(|conn| (conn, std::time::Instant::now()));
     }
+}
+
+/// The writer could not have a connection.
+fn unavailable(e: sqlx::Error) -> anyhow::Error {
+    anyhow::Error::new(e).context("connecting the link writer")
 }
 
 /// Drops the prepared statements of the writer's connection, so that their next use plans them again for the
@@ -132,33 +139,58 @@ async fn replan(conn: &mut PgConnection) {
 
 /// Writes `jobs` as one planned transaction; when that cannot be kept (a fault, or a row that a writer elsewhere
 /// got in first), each job again in a transaction of its own, statement by statement. A planned batch's views are
-/// read and its answers sent by a task of their own, so that the next batch begins at once. Whether `conn` met no
-/// fault (a statement that failed, a commit that did not answer), and so may write the next batch.
-async fn run_batch(conn: &mut PgConnection, reads: &PgPool, jobs: Vec<Job>) -> bool {
-    if let Ok(Some(done)) = attempt(conn, &jobs, true).await {
-        let sound = done.committed;
-        tokio::spawn(answer(reads.clone(), jobs, done));
-        return sound;
-    }
-    let mut sound = true;
+/// read and its answers sent by a task of their own, so that the next batch begins at once. After a fault (a
+/// statement that failed, a commit that did not answer) the connection is given back to `pool`, which tests it,
+/// and the next attempt takes the pool's next one (a new one when that one was broken); the connection the last
+/// attempt left sound is returned, for the next batch.
+async fn run_batch(
+    mut conn: PoolConnection<Postgres>,
+    pool: &PgPool,
+    reads: &PgPool,
+    jobs: Vec<Job>,
+) -> Option<PoolConnection<Postgres>> {
+    let mut slot = match attempt(&mut conn, &jobs, true).await {
+        Ok(Some(done)) => {
+            let committed = done.committed;
+            tokio::spawn(answer(reads.clone(), jobs, done));
+            return committed.then_some(conn);
+        }
+        Ok(None) => Some(conn),
+        Err(_) => {
+            drop(conn);
+            None
+        }
+    };
     for job in jobs {
-        match attempt(conn, std::slice::from_ref(&job), false).await {
+        let mut conn = match slot.take() {
+            Some(conn) => conn,
+            None => match pool.acquire().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    let _ = job.reply.send(Err(Error::Internal(unavailable(e))));
+                    continue;
+                }
+            },
+        };
+        match attempt(&mut conn, std::slice::from_ref(&job), false).await {
             Ok(Some(done)) => {
-                sound &= done.committed;
+                if done.committed {
+                    slot = Some(conn);
+                }
                 answer(reads.clone(), vec![job], done).await;
             }
             Ok(None) => {
+                slot = Some(conn);
                 let _ = job
                     .reply
                     .send(Err(Error::Internal(anyhow::anyhow!("a link job could not be written"))));
             }
             Err(e) => {
-                sound = false;
                 let _ = job.reply.send(Err(e));
             }
         }
     }
-    sound
+    slot
 }
 
 /// A committed batch (or one whose commit failed): each job's outcome, and the links whose views its jobs
@@ -946,11 +978,28 @@ mod tests {
         drop_database(&url).await;
     }
 
-    /// The writer keeps its connection between batches; when that connection dies (here: every connection of
-    /// the database closed by the server), the batch that meets it fails, and the writer takes a new one: the
-    /// links after it are written.
+    /// The writer keeps its connection between batches; when that connection dies (here: closed by the server),
+    /// the batch that meets it is written on a new one.
     #[tokio::test]
     async fn the_writer_takes_a_new_connection_when_its_own_dies() {
+        let Some((url, store, org, i)) = issues(&[], 6).await else {
+            return;
+        };
+        for k in 0..3 {
+            kill_connections(&url, Some(WRITER_NAME)).await;
+            store
+                .create_link(&link(&org, i[2 * k], "depends on", i[2 * k + 1], false))
+                .await
+                .expect("a link after the writer's connection died");
+        }
+        drop(store);
+        drop_database(&url).await;
+    }
+
+    /// When every connection dies, a few links may fail (on the views' connections, which are not tested before
+    /// use until they have been idle a while); then every one is written.
+    #[tokio::test]
+    async fn the_writer_recovers_when_every_connection_dies() {
         let Some((url, store, org, i)) = issues(&[], 12).await else {
             return;
         };
@@ -958,7 +1007,7 @@ mod tests {
             .create_link(&link(&org, i[0], "depends on", i[1], false))
             .await
             .expect("a link before the connections die");
-        kill_connections(&url).await;
+        kill_connections(&url, None).await;
         // A few links may meet a dead connection (the writer's, the views reader's); then every one is written.
         let mut written = Vec::new();
         for k in 1..6 {
@@ -988,7 +1037,7 @@ mod tests {
             .create_link(&link(&org, i[0], "depends on", i[1], false))
             .await
             .expect("a link before the connections die");
-        kill_connections(&url).await;
+        kill_connections(&url, None).await;
         tokio::time::sleep(IDLE_PING_AFTER + Duration::from_millis(500)).await;
         store
             .create_link(&link(&org, i[2], "depends on", i[3], false))
@@ -998,13 +1047,15 @@ mod tests {
         drop_database(&url).await;
     }
 
-    /// Has the server close every other connection to the database at `url`.
-    async fn kill_connections(url: &str) {
+    /// Has the server close the other connections to the database at `url` (those named `only`).
+    async fn kill_connections(url: &str, only: Option<&str>) {
         let mut admin = PgConnection::connect(url).await.unwrap();
         let killed: Vec<bool> = sqlx::query_scalar(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+             AND ($1::text IS NULL OR application_name = $1)",
         )
+        .bind(only)
         .fetch_all(&mut admin)
         .await
         .unwrap();
@@ -1048,9 +1099,10 @@ mod tests {
         other.commit().await.unwrap();
         assert!(matches!(planned.await.unwrap(), Ok(None)), "the plan is not kept");
         let (reply, answer) = oneshot::channel();
-        let mut conn = pool.acquire().await.unwrap();
-        let sound = run_batch(
-            &mut conn,
+        let conn = pool.acquire().await.unwrap();
+        let kept = run_batch(
+            conn,
+            &pool,
             &pool,
             vec![Job {
                 links: wanted,
@@ -1059,7 +1111,7 @@ mod tests {
             }],
         )
         .await;
-        assert!(sound, "a refusal is no fault: the writer keeps its connection");
+        assert!(kept.is_some(), "a refusal is no fault: the writer keeps its connection");
         let out = answer.await.unwrap().unwrap();
         assert!(matches!(out[0], Err(Error::Unprocessable { .. })), "{out:?}");
         assert!(out[1].as_ref().is_ok_and(|(_, v)| v.is_some()), "{out:?}");
@@ -1068,7 +1120,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 2, "the other writer's link and the batch's second one");
-        drop(conn);
+        drop(kept);
         pool.close().await;
         drop_database(&url).await;
     }

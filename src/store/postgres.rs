@@ -50,14 +50,15 @@ impl PgStore {
         // batch's reads afresh on every execution — 1.7 to 1.9 ms of the server's time per batch for the facts
         // statement alone, against 0.07 ms (`docs/benchmarks.md`).
         let generic = opts.options([("plan_cache_mode", "force_generic_plan")]);
+        // Named, so that `pg_stat_activity` tells the writer's and the views' connections from the requests'.
         let writer = pool_options(super::pg_links::BATCHES_IN_FLIGHT as u32)
-            .connect_with(generic.clone())
+            .connect_with(generic.clone().application_name(super::pg_links::WRITER_NAME))
             .await?;
         // And so do the connections that read the views of the links just written (one statement, once per
         // batch): left to choose, PostgreSQL planned it afresh on every execution, 0.8 ms of the server's time
         // per batch for 0.1 ms of reading (`docs/benchmarks.md`).
         let views = pool_options(super::pg_links::VIEW_READERS)
-            .connect_with(generic)
+            .connect_with(generic.application_name("tether link views"))
             .await?;
         let links = super::pg_links::start(writer, views);
         Ok(PgStore {
