@@ -82,10 +82,11 @@ const REPLAN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// One batch at a time: what arrives while a batch runs is the next batch.
 ///
 /// The writer keeps its connection from one batch to the next: sqlx tests every connection given back to its pool
-/// with a round trip to the server, and with a pool of one connection the next batch waited for it — 0.05 to 0.08 ms
-/// of a c=16 batch's 1.6 to 2.3 ms, from the writer's side (`docs/benchmarks.md`). It gives the connection back after a
-/// batch that met a fault, and pings it first when it has been idle as long as the pool would have ([`IDLE_PING_AFTER`]):
-/// a connection that fails either test is closed, and the next batch takes one from the pool, which opens a new one.
+/// with a round trip to the server, and with a pool of one connection the next batch waited for it — 0.05 to
+/// 0.08 ms of a c=16 batch's 1.6 to 2.3 ms, from the writer's side (`docs/benchmarks.md`). It gives the connection
+/// back after a batch that met a fault ([`run_batch`]), and pings it first when it has been idle as long as the
+/// pool would have ([`IDLE_PING_AFTER`]): a connection that fails either test is closed, and the next batch takes
+/// one from the pool, which opens a new one.
 async fn batches(mut rx: mpsc::UnboundedReceiver<Job>, pool: PgPool, reads: PgPool) {
     let mut planned_at = std::time::Instant::now();
     let mut held: Option<(PoolConnection<Postgres>, std::time::Instant)> = None;
