@@ -988,8 +988,7 @@ mod tests {
         };
         for k in 0..3 {
             kill_connections(&url, Some(WRITER_NAME)).await;
-            store
-                .create_link(&link(&org, i[2 * k], "depends on", i[2 * k + 1], false))
+            depends(&store, &org, &i, k)
                 .await
                 .expect("a link after the writer's connection died");
         }
@@ -1004,18 +1003,14 @@ mod tests {
         let Some((url, store, org, i)) = issues(&[], 12).await else {
             return;
         };
-        store
-            .create_link(&link(&org, i[0], "depends on", i[1], false))
+        depends(&store, &org, &i, 0)
             .await
             .expect("a link before the connections die");
         kill_connections(&url, None).await;
         // A few links may meet a dead connection (the writer's, the views reader's); then every one is written.
         let mut written = Vec::new();
         for k in 1..6 {
-            let out = store
-                .create_link(&link(&org, i[2 * k], "depends on", i[2 * k + 1], false))
-                .await;
-            written.push(out.is_ok());
+            written.push(depends(&store, &org, &i, k).await.is_ok());
         }
         let first = written
             .iter()
@@ -1034,18 +1029,23 @@ mod tests {
         let Some((url, store, org, i)) = issues(&[], 4).await else {
             return;
         };
-        store
-            .create_link(&link(&org, i[0], "depends on", i[1], false))
+        depends(&store, &org, &i, 0)
             .await
             .expect("a link before the connections die");
         kill_connections(&url, None).await;
         tokio::time::sleep(IDLE_PING_AFTER + Duration::from_millis(500)).await;
-        store
-            .create_link(&link(&org, i[2], "depends on", i[3], false))
+        depends(&store, &org, &i, 1)
             .await
             .expect("the first link after the idle while");
         drop(store);
         drop_database(&url).await;
+    }
+
+    /// Links the `k`-th pair of `i`: issue `2k` depends on issue `2k + 1`.
+    async fn depends(store: &PgStore, org: &OrgId, i: &[i64], k: usize) -> Result<LinkView> {
+        store
+            .create_link(&link(org, i[2 * k], "depends on", i[2 * k + 1], false))
+            .await
     }
 
     /// Has the server close the other connections to the database at `url` (those named `only`).
