@@ -1,29 +1,29 @@
 //! PostgreSQL's link writer: the new links of this process's requests (created and imported) are written several
-//! to a transaction (group commit), under the graph locks taken once per batch.
+//! to a statement (group commit), under graph locks the writer keeps while batches keep coming.
 //!
 //! Why: a `depends` or subtask link is checked under a transaction-scoped advisory lock per organization and rule
 //! (`postgres.rs`), held until the commit has reached the disk. One link per transaction made the lock's holder
 //! wait for a WAL flush and five statements on every link, and every link of the organization wait for that
 //! holder: 231 creates/s at c=16 against pgbench's 6 530 one-row transactions/s (`docs/benchmarks.md`). A batch
-//! takes the lock once, reads what the rules need for all its links in one statement, checks each link against
-//! the database and the links before it ([`Plan`]), writes them in one statement and shares one flush. Replicas
-//! batch on their own and take the same locks, so the rules hold across processes as before.
+//! reads what the rules need for all its links in one statement, checks each link against the database and the
+//! links before it ([`Plan`]), and writes them in one statement that commits them with one flush. The writer holds
+//! the locks at session level from one batch to the next while jobs keep coming (at most [`STREAK_MAX`]), so
+//! that the next batch's facts are read while a batch is written ([`Writer`]). Replicas batch on their own and
+//! take the same locks, so the rules hold across processes as before.
 //!
-//! A refused link writes nothing (every rule is checked before the `INSERT`, and the `INSERT` skips a row that a
-//! unique index refuses, `ON CONFLICT DO NOTHING`), so a batch goes on past refusals without savepoints. A fault (a
-//! failed statement aborts a PostgreSQL transaction), or a row another writer got in first, rolls the batch back,
-//! and its jobs are written again one transaction each, a statement per read, so that the fault is the job's own.
+//! A refused link writes nothing (every rule is checked before the `INSERT`), so a batch goes on past refusals. A
+//! failed write (a row another writer got in first, an issue deleted meanwhile) writes nothing, and the batch's
+//! jobs are written again one transaction each, a statement per read, so that a fault is the job's own.
 
 use std::collections::{BTreeMap, BTreeSet};
-#[cfg(test)]
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{Postgres, Row, Transaction};
 use tokio::sync::mpsc;
 
-use super::link_batch::{Job, LinkWriter, Outcome, gather};
+use super::link_batch::{Job, LinkWriter, Outcome, Written, gather};
 use super::link_rules::{
     CURRENT_EPIC_SQL, CURRENT_PARENT_SQL, INSERT_LINK_SQL, LinkInsert, LinkTx, PAIR_SQL, PairRow, insert_link,
 };
@@ -46,28 +46,28 @@ pub(super) fn start(pool: PgPool, reads: PgPool) -> LinkWriter {
 /// Takes a rule's advisory lock until the end of the transaction: racing writers of the organization's links of
 /// that kind — in this process or another — check their rules one after another.
 pub(super) async fn lock_graph(conn: &mut PgConnection, org: &OrgId, rule: CycleRule) -> Result<()> {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(lock_sql(org, rule)))
+    sqlx::raw_sql(sqlx::AssertSqlSafe(lock_sql(org, rule, false)))
         .execute(conn)
         .await?;
     Ok(())
 }
 
-/// The statement that takes the advisory lock of `org`'s links under `rule`. The lock's name is written into the
-/// SQL (so that a batch can send it with its `BEGIN`, one round trip): an `OrgId` is `[A-Za-z0-9_-]{1,64}`
-/// (`OrgId::parse`, its only constructor), so nothing in it needs quoting.
-fn lock_sql(org: &OrgId, rule: CycleRule) -> String {
+/// The statement that takes the advisory lock of `org`'s links under `rule`, until the end of the transaction or
+/// (`session`) until the session lets it go; the two kinds wait for each other. The lock's name is written into
+/// the SQL (so that several can be sent in one round trip): an `OrgId` is `[A-Za-z0-9_-]{1,64}` (`OrgId::parse`,
+/// its only constructor), so nothing in it needs quoting.
+fn lock_sql(org: &OrgId, rule: CycleRule, session: bool) -> String {
     format!(
-        "SELECT pg_advisory_xact_lock(hashtextextended('tether.links.{}.{}', 0))",
+        "SELECT pg_advisory{}_lock(hashtextextended('tether.links.{}.{}', 0))",
+        if session { "" } else { "_xact" },
         org.as_str(),
         rule.name()
     )
 }
 
-/// How many batches of one process run at once, and so the writer's connections. One: with two, the second
-/// batch's transaction began and asked for the graph locks while the first finished, but each batch took fewer of
-/// the waiting jobs, and `depends` creates at c=16 went from 649 and 685 to 593 and 569 per second
-/// (`docs/benchmarks.md`).
-pub(super) const BATCHES_IN_FLIGHT: usize = 1;
+/// The writer's connections: one writes the batches and holds the graph locks, the other reads the next batch's
+/// facts meanwhile ([`Writer::batch`]).
+pub(super) const WRITER_CONNECTIONS: u32 = 2;
 
 /// The `application_name` of the writer's connections.
 pub(super) const WRITER_NAME: &str = "tether link writer";
@@ -77,48 +77,310 @@ pub(super) const WRITER_NAME: &str = "tether link writer";
 pub(super) const VIEW_READERS: u32 = 4;
 
 /// How long the writer keeps its statements' plans at most (see [`replan`]).
-const REPLAN_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const REPLAN_EVERY: Duration = Duration::from_secs(1);
 
-/// One batch at a time: what arrives while a batch runs is the next batch.
+/// How long the writer keeps its graph locks while batches keep coming. Then it lets them go before its next
+/// batch, so that whoever waits for them has a turn — the writers of other replicas, and this process's
+/// statements that take them one transaction at a time (a new issue with a parent, a batch written again step by
+/// step); it lets them go at once whenever no job is waiting.
+const STREAK_MAX: Duration = Duration::from_millis(20);
+
+/// The graph locks a batch needs: (rule, organization) → organization, in the order every writer takes them (all
+/// `Depends` before any `Subtask`).
+type Keys = BTreeMap<(CycleRule, String), OrgId>;
+
+fn keys_of(jobs: &[Job]) -> Keys {
+    jobs.iter()
+        .flat_map(|j| &j.links)
+        .filter_map(|l| rule_of(l.relationship.ty).map(|rule| ((rule, l.org.as_str().to_owned()), l.org.clone())))
+        .collect()
+}
+
+/// A connection the writer keeps: when it was last used and when its plans were last dropped.
+struct Held {
+    conn: PoolConnection<Postgres>,
+    used: Instant,
+    planned: Instant,
+}
+
+/// The link writer: its two connections, and the graph locks the first one's session holds.
 ///
-/// The writer keeps its connection from one batch to the next: sqlx tests every connection given back to its pool
-/// with a round trip to the server, and with a pool of one connection the next batch waited for it — 0.05 to
-/// 0.08 ms of a c=16 batch's 1.6 to 2.3 ms, from the writer's side (`docs/benchmarks.md`). It gives the connection
-/// back after a batch that met a fault ([`run_batch`]), and pings it first when it has been idle as long as the
-/// pool would have ([`IDLE_PING_AFTER`]): a connection that fails either test is closed, and the next batch takes
-/// one from the pool, which opens a new one.
+/// Why session locks: a batch's facts can then be read while the batch before it is written — on the second
+/// connection, outside any transaction — because no one else can add a `depends` or subtask link of those
+/// organizations until the writer lets the locks go, and the batch before (which that read may not see yet) is
+/// added from memory ([`Accepted`]). A batch then keeps the locks for one statement, which inserts its links
+/// and commits them (in autocommit), instead of for four round trips (`BEGIN` and the locks, the facts, the
+/// `INSERT`, `COMMIT`): `docs/benchmarks.md` has the figures. A session that may hold graph locks never goes
+/// back to the pool: it is closed ([`Writer::lose`]).
+struct Writer {
+    pool: PgPool,
+    reads: PgPool,
+    main: Option<Held>,
+    aux: Option<Held>,
+    /// The graph locks `main`'s session holds, and since when.
+    locks: Keys,
+    since: Instant,
+}
+
+/// The next batch, gathered while one was written, and its facts when they were read meanwhile.
+type Next = (Vec<Job>, Option<Plan>);
+
+/// One batch at a time: what arrives while a batch is written is the next batch.
 async fn batches(mut rx: mpsc::UnboundedReceiver<Job>, pool: PgPool, reads: PgPool) {
-    let mut planned_at = std::time::Instant::now();
-    let mut held: Option<(PoolConnection<Postgres>, std::time::Instant)> = None;
-    while let Some(first) = rx.recv().await {
-        let jobs = gather(first, &mut rx);
-        let kept = match held.take() {
-            Some((conn, used)) if used.elapsed() < IDLE_PING_AFTER => Some(conn),
-            // Dropped when it fails: given back to the pool, which tests it again and closes it.
-            Some((mut conn, _)) => sqlx::Connection::ping(&mut *conn).await.ok().map(|()| conn),
-            None => None,
-        };
-        let mut conn = match kept {
-            Some(conn) => conn,
-            None => match pool.acquire().await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    let e = format!("{:#}", unavailable(e));
-                    for job in jobs {
-                        let _ = job.reply.send(Err(Error::Internal(anyhow::anyhow!("{e}"))));
+    let mut w = Writer::new(pool, reads);
+    let mut next: Option<Next> = None;
+    loop {
+        let (jobs, read) = match next.take() {
+            Some(next) => next,
+            None => {
+                let first = match rx.try_recv() {
+                    Ok(job) => job,
+                    Err(_) => {
+                        w.release().await;
+                        match rx.recv().await {
+                            Some(job) => job,
+                            None => break,
+                        }
                     }
-                    continue;
-                }
-            },
+                };
+                (gather(first, &mut rx), None)
+            }
         };
-        if planned_at.elapsed() >= REPLAN_EVERY {
-            replan(&mut conn).await;
-            planned_at = std::time::Instant::now();
-        }
-        held = run_batch(conn, &pool, &reads, jobs)
-            .await
-            .map(|conn| (conn, std::time::Instant::now()));
+        next = w.batch(jobs, read, &mut rx).await;
     }
+    w.release().await;
+}
+
+impl Writer {
+    /// A writer on `pool` that reads views on `reads`; no connection yet.
+    fn new(pool: PgPool, reads: PgPool) -> Writer {
+        Writer {
+            pool,
+            reads,
+            main: None,
+            aux: None,
+            locks: Keys::new(),
+            since: Instant::now(),
+        }
+    }
+
+    /// `slot`'s connection, ready for a statement: the one kept (pinged first after an idle while, as the pool
+    /// would; given back when that fails) or the pool's next one; its plans dropped once per [`REPLAN_EVERY`].
+    async fn ready<'s>(
+        pool: &PgPool,
+        slot: &'s mut Option<Held>,
+    ) -> std::result::Result<&'s mut PoolConnection<Postgres>, sqlx::Error> {
+        if let Some(held) = slot.as_mut()
+            && held.used.elapsed() >= IDLE_PING_AFTER
+            && sqlx::Connection::ping(&mut *held.conn).await.is_err()
+        {
+            // Idle connections hold no graph locks (`release`): the pool tests this one again and closes it.
+            *slot = None;
+        }
+        let held = match slot {
+            Some(held) => held,
+            None => {
+                let conn = pool.acquire().await?;
+                let now = Instant::now();
+                slot.insert(Held {
+                    conn,
+                    used: now,
+                    planned: now,
+                })
+            }
+        };
+        if held.planned.elapsed() >= REPLAN_EVERY {
+            replan(&mut held.conn).await;
+            held.planned = Instant::now();
+        }
+        held.used = Instant::now();
+        Ok(&mut held.conn)
+    }
+
+    /// Has `main`'s session hold the graph locks `keys`: kept from the batches before when it holds them all and
+    /// has held them less than [`STREAK_MAX`]; else it lets go of those it holds and takes `keys`, in order.
+    async fn lock(&mut self, keys: Keys) -> std::result::Result<(), sqlx::Error> {
+        if keys.keys().all(|k| self.locks.contains_key(k)) && self.since.elapsed() < STREAK_MAX {
+            return Ok(());
+        }
+        self.release().await;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let sql: Vec<String> = keys.iter().map(|((rule, _), org)| lock_sql(org, *rule, true)).collect();
+        let conn = Writer::ready(&self.pool, &mut self.main).await?;
+        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.join("; ")))
+            .execute(&mut **conn)
+            .await
+        {
+            self.lose().await;
+            return Err(e);
+        }
+        self.locks = keys;
+        self.since = Instant::now();
+        Ok(())
+    }
+
+    /// Lets go of the graph locks `main`'s session holds.
+    async fn release(&mut self) {
+        if self.locks.is_empty() {
+            return;
+        }
+        self.locks.clear();
+        let Some(held) = self.main.as_mut() else { return };
+        if sqlx::raw_sql("SELECT pg_advisory_unlock_all()")
+            .execute(&mut *held.conn)
+            .await
+            .is_err()
+        {
+            self.lose().await;
+        }
+    }
+
+    /// Closes `main` (with whatever graph locks its session holds): it does not go back to the pool.
+    async fn lose(&mut self) {
+        self.locks.clear();
+        if let Some(held) = self.main.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), held.conn.close()).await;
+        }
+    }
+
+    /// Writes `jobs`: planned ([`Plan`]; `read`, its facts when they were read while the batch before was
+    /// written), their links inserted and committed by one statement, while the next batch is gathered and its
+    /// facts read on the other connection. When the plan cannot be kept (a fault, or a row that a writer
+    /// elsewhere got in first), each job is written again in a transaction of its own, statement by statement.
+    /// A planned batch's views are read and its answers sent by a task of their own, so that the next batch
+    /// begins at once. Returns the next batch when it was gathered.
+    async fn batch(
+        &mut self,
+        jobs: Vec<Job>,
+        read: Option<Plan>,
+        rx: &mut mpsc::UnboundedReceiver<Job>,
+    ) -> Option<Next> {
+        let links: Vec<&NewLink> = jobs.iter().flat_map(|j| &j.links).collect();
+        let plan = match read {
+            // Read under the locks held since before the batch before it.
+            Some(plan) => Ok(plan),
+            None => self.plan(&jobs, &links).await,
+        };
+        let Ok(plan) = plan else {
+            self.lose().await;
+            self.one_by_one(jobs).await;
+            return None;
+        };
+        let checked = match check(&jobs, plan).await {
+            Ok(checked) => checked,
+            Err(_) => {
+                self.release().await;
+                self.one_by_one(jobs).await;
+                return None;
+            }
+        };
+        // The next batch: what waits now, read ahead when the locks it needs are held and may be kept.
+        let mut next = Vec::new();
+        if let Ok(first) = rx.try_recv() {
+            next = gather(first, rx);
+        }
+        let keys = keys_of(&next);
+        let ahead = !next.is_empty()
+            && (keys.is_empty() || self.since.elapsed() < STREAK_MAX)
+            && keys.keys().all(|k| self.locks.contains_key(k));
+        let (before, rows, touched, all, wanted) = checked;
+        let Some(main) = self.main.as_mut() else {
+            self.one_by_one(jobs).await;
+            return next_batch(next, None);
+        };
+        let written = rows.write(&mut main.conn, &touched);
+        let read = async {
+            if !ahead {
+                return None;
+            }
+            let links: Vec<&NewLink> = next.iter().flat_map(|j| &j.links).collect();
+            let conn = Writer::ready(&self.pool, &mut self.aux).await.ok()?;
+            match Plan::load(conn, &links, &before).await {
+                Ok(plan) => Some(plan),
+                Err(_) => {
+                    self.aux = None;
+                    None
+                }
+            }
+        };
+        let (written, read) = tokio::join!(written, read);
+        match written {
+            Ok(()) => {
+                let done = Done {
+                    committed: true,
+                    all: all.into_iter().map(Ok).collect(),
+                    wanted,
+                };
+                tokio::spawn(answer(self.reads.clone(), jobs, done));
+                next_batch(next, read)
+            }
+            // The statement failed: nothing of it was written (a row another writer got in first, an issue
+            // deleted meanwhile).
+            Err(sqlx::Error::Database(_)) => {
+                self.release().await;
+                self.one_by_one(jobs).await;
+                next_batch(next, None)
+            }
+            // The connection failed: the batch may or may not have been written. It is reported, not tried again.
+            Err(e) => {
+                self.lose().await;
+                let e = anyhow::Error::new(e).context("writing a batch of links");
+                for job in jobs {
+                    let _ = job.reply.send(Err(Error::Internal(anyhow::anyhow!("{e:#}"))));
+                }
+                next_batch(next, None)
+            }
+        }
+    }
+
+    /// The graph locks of `jobs` taken, and the facts of `links` read, on `main`.
+    async fn plan(&mut self, jobs: &[Job], links: &[&NewLink]) -> Result<Plan> {
+        self.lock(keys_of(jobs)).await.map_err(unavailable)?;
+        let conn = Writer::ready(&self.pool, &mut self.main).await.map_err(unavailable)?;
+        Plan::load(conn, links, &Accepted::default()).await
+    }
+
+    /// Each job in a transaction of its own, statement by statement (under transaction-scoped graph locks:
+    /// `main`'s session holds none here), on `main` while it lasts, then on the pool's next connections.
+    async fn one_by_one(&mut self, jobs: Vec<Job>) {
+        let mut slot = self.main.take().map(|held| held.conn);
+        for job in jobs {
+            let mut conn = match slot.take() {
+                Some(conn) => conn,
+                None => match self.pool.acquire().await {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        let _ = job.reply.send(Err(Error::Internal(unavailable(e))));
+                        continue;
+                    }
+                },
+            };
+            match attempt(&mut conn, std::slice::from_ref(&job)).await {
+                Ok(done) => {
+                    if done.committed {
+                        slot = Some(conn);
+                    }
+                    answer(self.reads.clone(), vec![job], done).await;
+                }
+                Err(e) => {
+                    let _ = job.reply.send(Err(e));
+                }
+            }
+        }
+        let now = Instant::now();
+        self.main = slot.map(|conn| Held {
+            conn,
+            used: now,
+            planned: now,
+        });
+    }
+}
+
+/// The next batch, when jobs were waiting.
+fn next_batch(jobs: Vec<Job>, read: Option<Plan>) -> Option<Next> {
+    (!jobs.is_empty()).then_some((jobs, read))
 }
 
 /// The writer could not have a connection.
@@ -138,60 +400,58 @@ async fn replan(conn: &mut PgConnection) {
     let _ = sqlx::Connection::clear_cached_statements(conn).await;
 }
 
-/// Writes `jobs` as one planned transaction; when that cannot be kept (a fault, or a row that a writer elsewhere
-/// got in first), each job again in a transaction of its own, statement by statement. A planned batch's views are
-/// read and its answers sent by a task of their own, so that the next batch begins at once. After a fault (a
-/// statement that failed, a commit that did not answer) the connection is given back to `pool`, which tests it,
-/// and the next attempt takes the pool's next one (a new one when that one was broken); the connection the last
-/// attempt left sound is returned, for the next batch.
-async fn run_batch(
-    mut conn: PoolConnection<Postgres>,
-    pool: &PgPool,
-    reads: &PgPool,
-    jobs: Vec<Job>,
-) -> Option<PoolConnection<Postgres>> {
-    let mut slot = match attempt(&mut conn, &jobs, true).await {
-        Ok(Some(done)) => {
-            let committed = done.committed;
-            tokio::spawn(answer(reads.clone(), jobs, done));
-            return committed.then_some(conn);
-        }
-        Ok(None) => Some(conn),
-        Err(_) => {
-            drop(conn);
-            None
-        }
+/// What checking a planned batch gives: what it accepted, the rows to write, the issues to touch, each job's
+/// outcomes and the views wanted.
+type Checked = (
+    Accepted,
+    Plan,
+    BTreeMap<i64, Millis>,
+    Vec<Vec<Result<Written>>>,
+    (Vec<i64>, Vec<i64>),
+);
+
+/// Checks each link of `jobs` against `plan` (in memory): `Err` when the plan does not answer what the rules ask.
+async fn check(jobs: &[Job], plan: Plan) -> Result<Checked> {
+    let mut tx = Planned {
+        plan,
+        touched: BTreeMap::new(),
     };
+    let (all, wanted) = insert_all(&mut tx, jobs, |tx, n| tx.plan.current = n).await?;
+    let accepted = tx.plan.accepted.clone();
+    Ok((accepted, tx.plan, tx.touched, all, wanted))
+}
+
+/// Each job's outcomes, and the links to read back — (this issue, link id) — the links of `jobs` checked and
+/// inserted one after another on `tx` (`at(tx, n)` before the `n`-th). `Err` for a fault: on a transaction, it is
+/// aborted, and nothing of it can be kept.
+async fn insert_all<T: LinkTx>(
+    tx: &mut T,
+    jobs: &[Job],
+    mut at: impl FnMut(&mut T, usize),
+) -> Result<(Vec<Vec<Result<Written>>>, (Vec<i64>, Vec<i64>))> {
+    let mut all = Vec::with_capacity(jobs.len());
+    let mut wanted: (Vec<i64>, Vec<i64>) = (Vec::new(), Vec::new());
+    let mut n = 0;
     for job in jobs {
-        let mut conn = match slot.take() {
-            Some(conn) => conn,
-            None => match pool.acquire().await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    let _ = job.reply.send(Err(Error::Internal(unavailable(e))));
-                    continue;
+        let mut out = Vec::with_capacity(job.links.len());
+        for new in &job.links {
+            at(tx, n);
+            n += 1;
+            match insert_link(tx, new).await {
+                Err(e @ Error::Internal(_)) => return Err(e),
+                Ok(id) => {
+                    if job.views {
+                        wanted.0.push(new.this);
+                        wanted.1.push(id);
+                    }
+                    out.push(Ok((id, None)));
                 }
-            },
-        };
-        match attempt(&mut conn, std::slice::from_ref(&job), false).await {
-            Ok(Some(done)) => {
-                if done.committed {
-                    slot = Some(conn);
-                }
-                answer(reads.clone(), vec![job], done).await;
-            }
-            Ok(None) => {
-                slot = Some(conn);
-                let _ = job
-                    .reply
-                    .send(Err(Error::Internal(anyhow::anyhow!("a link job could not be written"))));
-            }
-            Err(e) => {
-                let _ = job.reply.send(Err(e));
+                Err(e) => out.push(Err(e)),
             }
         }
+        all.push(out);
     }
-    slot
+    Ok((all, wanted))
 }
 
 /// A committed batch (or one whose commit failed): each job's outcome, and the links whose views its jobs
@@ -236,83 +496,39 @@ async fn answer(reads: PgPool, jobs: Vec<Job>, mut done: Done) {
     }
 }
 
-/// The links of `jobs` in one transaction — `planned`: the rules' reads for the whole batch up front and the
-/// rows written together at the end ([`Plan`]); else a statement per read and write. `Err` for a fault before the
-/// commit and `None` when a planned write met a row written meanwhile (nothing was written either way); else each
-/// job's outcome — its records' ids or refusals, or, when the commit failed, that failure.
-async fn attempt(conn: &mut PgConnection, jobs: &[Job], planned: bool) -> Result<Option<Done>> {
-    // The locks the batch's links need, all `Depends` before any `Subtask` (the order every transaction keeps),
-    // taken by the statement that begins the transaction: one round trip.
-    let locks: BTreeMap<(CycleRule, &str), &OrgId> = jobs
-        .iter()
-        .flat_map(|j| &j.links)
-        .filter_map(|l| rule_of(l.relationship.ty).map(|rule| ((rule, l.org.as_str()), &l.org)))
-        .collect();
+/// The links of `jobs` in one transaction, a statement per read and write, under transaction-scoped graph
+/// locks. `Err` for a fault before the commit (nothing was written); else each job's outcome — its records' ids
+/// or refusals, or, when the commit failed, that failure.
+async fn attempt(conn: &mut PgConnection, jobs: &[Job]) -> Result<Done> {
+    // The locks the links need, taken by the statement that begins the transaction: one round trip.
     let mut begin = String::from("BEGIN");
-    for ((rule, _), org) in locks {
+    for ((rule, _), org) in keys_of(jobs) {
         begin.push_str("; ");
-        begin.push_str(&lock_sql(org, rule));
+        begin.push_str(&lock_sql(&org, rule, false));
     }
     let mut tx = Batch {
         tx: sqlx::Connection::begin_with(conn, sqlx::AssertSqlSafe(begin)).await?,
         touched: BTreeMap::new(),
-        plan: None,
     };
-    if planned {
-        let links: Vec<&NewLink> = jobs.iter().flat_map(|j| &j.links).collect();
-        tx.plan = Some(Plan::load(&mut tx.tx, &links).await?);
-    }
-    let mut all = Vec::with_capacity(jobs.len());
-    // Links to read back: (this issue, link id).
-    let mut wanted: (Vec<i64>, Vec<i64>) = (Vec::new(), Vec::new());
-    let mut n = 0;
-    for job in jobs {
-        let mut out = Vec::with_capacity(job.links.len());
-        for new in &job.links {
-            if let Some(plan) = &mut tx.plan {
-                plan.current = n;
-            }
-            n += 1;
-            match insert_link(&mut tx, new).await {
-                // The transaction is aborted; nothing of it can be kept.
-                Err(e @ Error::Internal(_)) => return Err(e),
-                Ok(id) => {
-                    if job.views {
-                        wanted.0.push(new.this);
-                        wanted.1.push(id);
-                    }
-                    out.push(Ok((id, None)));
-                }
-                Err(e) => out.push(Err(e)),
-            }
-        }
-        all.push(out);
-    }
-    match tx.plan.take() {
-        Some(plan) => {
-            if !plan.write(&mut tx.tx, &tx.touched).await? {
-                return Ok(None);
-            }
-        }
-        None => tx.touch_all().await?,
-    }
-    // A failed commit may or may not have written the batch: it is reported, not tried again.
+    let (all, wanted) = insert_all(&mut tx, jobs, |_, _| ()).await?;
+    tx.touch_all().await?;
+    // A failed commit may or may not have written the links: it is reported, not tried again.
     if let Err(e) = tx.tx.commit().await {
         let e = anyhow::Error::new(e).context("committing a batch of links");
-        return Ok(Some(Done {
+        return Ok(Done {
             committed: false,
             all: jobs
                 .iter()
                 .map(|_| Err(Error::Internal(anyhow::anyhow!("{e:#}"))))
                 .collect(),
             wanted: (Vec::new(), Vec::new()),
-        }));
+        });
     }
-    Ok(Some(Done {
+    Ok(Done {
         committed: true,
         all: all.into_iter().map(Ok).collect(),
         wanted,
-    }))
+    })
 }
 
 /// The links `ids`, each seen from its issue in `this` (pairwise), by id.
@@ -342,12 +558,17 @@ fn rule_of(ty: LinkType) -> Option<CycleRule> {
     }
 }
 
-/// The batch's transaction, the issues whose `updatedAt` its links set, and its plan when it has one.
+/// Notes that a link sets `issue`'s `updatedAt` to `at` (the latest of a batch's wins).
+fn note_touch(touched: &mut BTreeMap<i64, Millis>, issue: i64, at: Millis) {
+    let latest = touched.entry(issue).or_insert(at);
+    *latest = (*latest).max(at);
+}
+
+/// A transaction written statement by statement, and the issues whose `updatedAt` its links set.
 struct Batch<'c> {
     tx: Transaction<'c, Postgres>,
     /// Issue id → the latest `updatedAt` a link of the batch gives it.
     touched: BTreeMap<i64, Millis>,
-    plan: Option<Plan>,
 }
 
 /// [`link_columns`] for the links `$2` seen from the issues `$1` (pairwise). Read on connections that keep one
@@ -397,9 +618,6 @@ impl Batch<'_> {
 
 impl LinkTx for Batch<'_> {
     async fn pair(&mut self, org: &str, this: i64, other: i64, lo: i64, hi: i64) -> Result<Vec<PairRow>> {
-        if let Some(plan) = &self.plan {
-            return plan.pair(lo, hi);
-        }
         let rows = sqlx::query(PAIR_SQL)
             .bind(org)
             .bind(this)
@@ -421,23 +639,14 @@ impl LinkTx for Batch<'_> {
     }
 
     async fn epic_of(&mut self, issue: i64) -> Result<Option<String>> {
-        if let Some(plan) = &self.plan {
-            return plan.epic_of(issue);
-        }
         self.key_of(CURRENT_EPIC_SQL, issue).await
     }
 
     async fn parent_of(&mut self, issue: i64) -> Result<Option<String>> {
-        if let Some(plan) = &self.plan {
-            return plan.parent_of(issue);
-        }
         self.key_of(CURRENT_PARENT_SQL, issue).await
     }
 
     async fn reaches(&mut self, from: i64, rule: CycleRule, to: i64) -> Result<bool> {
-        if let Some(plan) = &self.plan {
-            return plan.reaches(from, rule, to);
-        }
         let n: i64 = sqlx::query_scalar(rule.reaches_sql())
             .bind(from)
             .bind(to)
@@ -447,9 +656,6 @@ impl LinkTx for Batch<'_> {
     }
 
     async fn insert(&mut self, row: &LinkInsert<'_>) -> Result<Option<i64>> {
-        if let Some(plan) = &mut self.plan {
-            return Ok(plan.insert(row));
-        }
         Ok(sqlx::query_scalar::<_, i64>(INSERT_LINK_SQL)
             .bind(row.org)
             .bind(row.ty)
@@ -465,23 +671,57 @@ impl LinkTx for Batch<'_> {
             .await?)
     }
 
-    /// Kept for the end of the batch ([`Batch::touch_all`]): one statement for all the batch's issues.
+    /// Kept for the end of the transaction ([`Batch::touch_all`]): one statement for all its issues.
     async fn touch(&mut self, issue: i64, at: Millis) -> Result<()> {
-        let latest = self.touched.entry(issue).or_insert(at);
-        *latest = (*latest).max(at);
+        note_touch(&mut self.touched, issue, at);
         Ok(())
     }
 }
 
-/// A batch's reads done up front, under its locks, in one statement ([`FACTS_SQL`]), and its writes kept for one
-/// `INSERT` at the end: each link's rules see the database as it was when the batch began plus the links the
-/// batch has accepted before it. Exact, because the batch holds the graph locks its links need (no one else adds
-/// a `depends` or subtask link meanwhile); an `epic`, `relates` or `duplicates` link another writer adds meanwhile
-/// is met by the final `INSERT` (`ON CONFLICT DO NOTHING`), and the batch is then written again step by step.
+/// A planned batch being checked: the rules read its [`Plan`], and its touches are kept for [`Plan::write`].
+struct Planned {
+    plan: Plan,
+    touched: BTreeMap<i64, Millis>,
+}
+
+impl LinkTx for Planned {
+    async fn pair(&mut self, _org: &str, _this: i64, _other: i64, lo: i64, hi: i64) -> Result<Vec<PairRow>> {
+        self.plan.pair(lo, hi)
+    }
+
+    async fn epic_of(&mut self, issue: i64) -> Result<Option<String>> {
+        self.plan.epic_of(issue)
+    }
+
+    async fn parent_of(&mut self, issue: i64) -> Result<Option<String>> {
+        self.plan.parent_of(issue)
+    }
+
+    async fn reaches(&mut self, from: i64, rule: CycleRule, to: i64) -> Result<bool> {
+        self.plan.reaches(from, rule, to)
+    }
+
+    async fn insert(&mut self, row: &LinkInsert<'_>) -> Result<Option<i64>> {
+        Ok(self.plan.insert(row))
+    }
+
+    async fn touch(&mut self, issue: i64, at: Millis) -> Result<()> {
+        note_touch(&mut self.touched, issue, at);
+        Ok(())
+    }
+}
+
+/// A batch's reads done up front, under the graph locks, in one statement ([`FACTS_SQL`]), and its writes kept
+/// for one statement at the end: each link's rules see the database as it was when the facts were read, plus the
+/// links of the batch written meanwhile (`before`, which that read may not have seen), plus the links the batch
+/// has accepted before it. Exact, because the writer holds the graph locks its links need from before the read to
+/// the end of the write (no one else adds a `depends` or subtask link meanwhile); an `epic`, `relates` or
+/// `duplicates` link another writer adds meanwhile makes the final `INSERT` fail on a unique index, and the batch
+/// is then written again step by step.
 ///
 /// Cycles: for each rule, one walk from every link's inward issue finds which of the batch's outward issues it
-/// reaches in the database; a path through links of the batch alternates such stretches with the batch's edges,
-/// so [`Plan::reaches`] follows them in memory.
+/// reaches in the database and `before`; a path through links of the batch alternates such stretches with the
+/// batch's edges, so [`Plan::reaches`] follows them in memory.
 struct Plan {
     /// Per link of the batch, in order.
     facts: Vec<Facts>,
@@ -489,16 +729,37 @@ struct Plan {
     current: usize,
     /// Per rule: a walk's start → the batch's outward issues it reaches in the database (itself included).
     reach: BTreeMap<CycleRule, BTreeMap<i64, Vec<i64>>>,
-    /// Per rule: the batch's accepted links, outward → inward issues.
-    edges: BTreeMap<CycleRule, BTreeMap<i64, Vec<i64>>>,
-    /// The pairs (lower, higher id) the batch has accepted.
-    linked: BTreeSet<(i64, i64)>,
-    /// Epic links accepted: issue → the epic's key.
-    epic: BTreeMap<i64, String>,
-    /// Subtask links accepted: sub-issue → the parent's key.
-    parent: BTreeMap<i64, String>,
+    /// What the batch written while the facts were read accepted.
+    before: Accepted,
+    /// What this batch has accepted.
+    accepted: Accepted,
     /// The rows to insert.
     rows: Vec<PlannedRow>,
+}
+
+/// The links a batch accepted, as its rules and the next batch's see them.
+#[derive(Clone, Default)]
+struct Accepted {
+    /// Per rule: outward → inward issues.
+    edges: BTreeMap<CycleRule, BTreeMap<i64, Vec<i64>>>,
+    /// The pairs (lower, higher id).
+    linked: BTreeSet<(i64, i64)>,
+    /// Epic links: issue → the epic's key.
+    epic: BTreeMap<i64, String>,
+    /// Subtask links: sub-issue → the parent's key.
+    parent: BTreeMap<i64, String>,
+}
+
+impl Accepted {
+    /// Per rule, the edges as two columns (outward, inward issues), for [`FACTS_SQL`].
+    fn columns(&self, rule: CycleRule) -> (Vec<i64>, Vec<i64>) {
+        self.edges
+            .get(&rule)
+            .into_iter()
+            .flatten()
+            .flat_map(|(o, inward)| inward.iter().map(move |i| (*o, *i)))
+            .unzip()
+    }
 }
 
 /// What the database says about one link of the batch.
@@ -532,7 +793,8 @@ struct PlannedRow {
 /// Each link's two issues, whether its pair is linked, the epic its outward issue is in and the parent of its
 /// inward issue ([`CURRENT_EPIC_SQL`], [`CURRENT_PARENT_SQL`] for every link), an id for it, and the walks of the
 /// no-cycle rules: from each issue `$8` (`$10`), the issues `$9` (`$11`) reachable along `depends` (subtask) links
-/// (as in `reaches_sql`), given on the rows of the links whose inward issue it is. One statement, so that the
+/// (as in `reaches_sql`) and the edges `$12` → `$13` (`$14` → `$15`: links being written, which the statement may not
+/// see), given on the rows of the links whose inward issue it is. One statement, so that the
 /// batch's locks are held for one round trip less. Each step of a walk is a subquery the planner may not pull up
 /// (`OFFSET 0`), so that it is always an index lookup per issue reached: as a join, the generic plan hashed every
 /// `depends` link of the table for a walk of a few issues (3.4 of 3.75 ms on 13 000 links; 0.54 ms in all
@@ -540,10 +802,12 @@ struct PlannedRow {
 const FACTS_SQL: &str = "WITH RECURSIVE \
      rd(start, id) AS (SELECT s, s FROM unnest($8::bigint[]) AS s UNION \
      SELECT r.start, l.inward_id FROM rd r CROSS JOIN LATERAL \
-     (SELECT inward_id FROM links l WHERE l.outward_id = r.id AND l.type = 'depends' OFFSET 0) l), \
+     ((SELECT inward_id FROM links l WHERE l.outward_id = r.id AND l.type = 'depends' OFFSET 0) \
+     UNION ALL SELECT e.i FROM unnest($12::bigint[], $13::bigint[]) AS e(o, i) WHERE e.o = r.id) l), \
      rs(start, id) AS (SELECT s, s FROM unnest($10::bigint[]) AS s UNION \
      SELECT r.start, l.inward_id FROM rs r CROSS JOIN LATERAL \
-     (SELECT inward_id FROM links l WHERE l.outward_id = r.id AND l.type = 'subtask' OFFSET 0) l) \
+     ((SELECT inward_id FROM links l WHERE l.outward_id = r.id AND l.type = 'subtask' OFFSET 0) \
+     UNION ALL SELECT e.i FROM unnest($14::bigint[], $15::bigint[]) AS e(o, i) WHERE e.o = r.id) l) \
      SELECT t.id, t.key, t.type, o.id, o.key, o.type, \
      EXISTS (SELECT 1 FROM links x WHERE x.lo = j.lo AND x.hi = j.hi), \
      (SELECT e.key FROM links x JOIN issues e ON e.id = x.inward_id WHERE x.outward_id = j.outward AND x.type = 'epic'), \
@@ -557,14 +821,14 @@ const FACTS_SQL: &str = "WITH RECURSIVE \
      LEFT JOIN (SELECT start, array_agg(id) AS ends FROM rs WHERE id = ANY($11) GROUP BY start) sr ON sr.start = j.inward \
      ORDER BY j.n";
 
-/// The batch's rows, with the ids drawn for them (a row a unique index refuses is skipped), and the `updatedAt` of
-/// the issues `$12` set to `$13` (pairwise), their rows locked in id order first (as [`Batch::touch_all`] does):
-/// one statement. Returns how many rows were inserted.
+/// The batch's rows, with the ids drawn for them, and the `updatedAt` of the issues `$12` set to `$13` (pairwise),
+/// their rows locked in id order first (as [`Batch::touch_all`] does): one statement, run outside a transaction,
+/// so that it commits too. A row a unique index refuses (a writer elsewhere got there first) fails it whole.
 const INSERT_ALL_SQL: &str = "WITH ins AS ( \
      INSERT INTO links (id, org_id, type, outward_id, inward_id, lo, hi, created_by, updated_by, created_at, updated_at) \
      SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], \
      $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[]) \
-     ON CONFLICT DO NOTHING RETURNING 1), \
+     RETURNING 1), \
      locked AS (SELECT id FROM issues WHERE id = ANY($12) ORDER BY id FOR UPDATE), \
      upd AS (UPDATE issues SET updated_at = v.at FROM unnest($12::bigint[], $13::bigint[]) AS v(id, at), locked \
      WHERE locked.id = v.id AND issues.id = v.id RETURNING 1) \
@@ -576,8 +840,8 @@ fn internal(e: impl Into<anyhow::Error>) -> Error {
 }
 
 impl Plan {
-    /// Reads what the rules of `links` need.
-    async fn load(tx: &mut PgConnection, links: &[&NewLink]) -> Result<Plan> {
+    /// Reads what the rules of `links` need, with `before` written meanwhile.
+    async fn load(tx: &mut PgConnection, links: &[&NewLink], before: &Accepted) -> Result<Plan> {
         let oriented: Vec<(i64, i64)> = links.iter().map(|l| l.relationship.orient(l.this, l.other)).collect();
         let orgs: Vec<&str> = links.iter().map(|l| l.org.as_str()).collect();
         let this: Vec<i64> = links.iter().map(|l| l.this).collect();
@@ -602,6 +866,7 @@ impl Plan {
         let none = (Vec::new(), Vec::new());
         let depends = walks.get(&CycleRule::Depends).unwrap_or(&none);
         let subtask = walks.get(&CycleRule::Subtask).unwrap_or(&none);
+        let (depends_before, subtask_before) = (before.columns(CycleRule::Depends), before.columns(CycleRule::Subtask));
         let rows = sqlx::query(FACTS_SQL)
             .bind(&orgs)
             .bind(&this)
@@ -614,6 +879,10 @@ impl Plan {
             .bind(&depends.1)
             .bind(&subtask.0)
             .bind(&subtask.1)
+            .bind(&depends_before.0)
+            .bind(&depends_before.1)
+            .bind(&subtask_before.0)
+            .bind(&subtask_before.1)
             .fetch_all(&mut *tx)
             .await?;
         if rows.len() != links.len() {
@@ -660,10 +929,8 @@ impl Plan {
             facts,
             current: 0,
             reach,
-            edges: BTreeMap::new(),
-            linked: BTreeSet::new(),
-            epic: BTreeMap::new(),
-            parent: BTreeMap::new(),
+            before: before.clone(),
+            accepted: Accepted::default(),
             rows: Vec::new(),
         })
     }
@@ -675,7 +942,7 @@ impl Plan {
     }
 
     fn pair(&self, lo: i64, hi: i64) -> Result<Vec<PairRow>> {
-        let linked = self.linked.contains(&(lo, hi));
+        let linked = self.linked(lo, hi);
         Ok(self
             .facts()?
             .issues
@@ -694,7 +961,8 @@ impl Plan {
         if issue != facts.outward {
             return Err(internal(anyhow::anyhow!("the batch read the epic of another issue")));
         }
-        Ok(self.epic.get(&issue).or(facts.epic.as_ref()).cloned())
+        let (now, before) = (&self.accepted.epic, &self.before.epic);
+        Ok(now.get(&issue).or(before.get(&issue)).or(facts.epic.as_ref()).cloned())
     }
 
     fn parent_of(&self, issue: i64) -> Result<Option<String>> {
@@ -702,7 +970,12 @@ impl Plan {
         if issue != facts.inward {
             return Err(internal(anyhow::anyhow!("the batch read the parent of another issue")));
         }
-        Ok(self.parent.get(&issue).or(facts.parent.as_ref()).cloned())
+        let (now, before) = (&self.accepted.parent, &self.before.parent);
+        Ok(now
+            .get(&issue)
+            .or(before.get(&issue))
+            .or(facts.parent.as_ref())
+            .cloned())
     }
 
     /// Whether `to` is reachable from `from` along `rule`'s links, the database's and the batch's.
@@ -710,7 +983,7 @@ impl Plan {
         let not_read = || internal(anyhow::anyhow!("the batch's walk did not start at issue {from}"));
         let walks = self.reach.get(&rule).ok_or_else(not_read)?;
         let none = BTreeMap::new();
-        let edges = self.edges.get(&rule).unwrap_or(&none);
+        let edges = self.accepted.edges.get(&rule).unwrap_or(&none);
         let mut seen = BTreeSet::new();
         let mut stack = vec![from];
         while let Some(at) = stack.pop() {
@@ -734,32 +1007,35 @@ impl Plan {
     fn insert(&mut self, row: &LinkInsert<'_>) -> Option<i64> {
         let facts = self.facts.get(self.current)?;
         let ty = facts.ty;
-        if self.linked.contains(&(row.lo, row.hi))
-            || (ty == LinkType::Epic && self.epic.contains_key(&row.outward))
-            || (ty == LinkType::Subtask && self.parent.contains_key(&row.inward))
+        let (now, before) = (&self.accepted, &self.before);
+        if self.linked(row.lo, row.hi)
+            || (ty == LinkType::Epic && (now.epic.contains_key(&row.outward) || before.epic.contains_key(&row.outward)))
+            || (ty == LinkType::Subtask
+                && (now.parent.contains_key(&row.inward) || before.parent.contains_key(&row.inward)))
         {
             return None;
         }
         let key_of = |id: i64| facts.issues.iter().find(|r| r.id == id).map(|r| r.key.clone());
         match ty {
             LinkType::Epic => {
-                self.epic.insert(row.outward, key_of(row.inward)?);
+                self.accepted.epic.insert(row.outward, key_of(row.inward)?);
             }
             LinkType::Subtask => {
-                self.parent.insert(row.inward, key_of(row.outward)?);
+                self.accepted.parent.insert(row.inward, key_of(row.outward)?);
             }
             _ => {}
         }
         let id = facts.id;
         if let Some(rule) = rule_of(ty) {
-            self.edges
+            self.accepted
+                .edges
                 .entry(rule)
                 .or_default()
                 .entry(row.outward)
                 .or_default()
                 .push(row.inward);
         }
-        self.linked.insert((row.lo, row.hi));
+        self.accepted.linked.insert((row.lo, row.hi));
         self.rows.push(PlannedRow {
             id,
             org: row.org.to_owned(),
@@ -776,17 +1052,26 @@ impl Plan {
         Some(id)
     }
 
-    /// Inserts the accepted rows and sets the `updatedAt` of the issues in `touched`; `false` when a unique index
-    /// refused a row (a writer elsewhere got there first).
-    async fn write(self, tx: &mut PgConnection, touched: &BTreeMap<i64, Millis>) -> Result<bool> {
+    /// Whether the pair (lower, higher id) is linked by this batch or the one before.
+    fn linked(&self, lo: i64, hi: i64) -> bool {
+        self.accepted.linked.contains(&(lo, hi)) || self.before.linked.contains(&(lo, hi))
+    }
+
+    /// Inserts the accepted rows and sets the `updatedAt` of the issues in `touched`, in one statement outside
+    /// a transaction ([`INSERT_ALL_SQL`]): when it fails, nothing of it was written — unless the connection failed.
+    async fn write(
+        self,
+        conn: &mut PgConnection,
+        touched: &BTreeMap<i64, Millis>,
+    ) -> std::result::Result<(), sqlx::Error> {
         if self.rows.is_empty() && touched.is_empty() {
-            return Ok(true);
+            return Ok(());
         }
         let col = |f: fn(&PlannedRow) -> i64| self.rows.iter().map(f).collect::<Vec<i64>>();
         let orgs: Vec<&str> = self.rows.iter().map(|r| r.org.as_str()).collect();
         let types: Vec<&str> = self.rows.iter().map(|r| r.ty).collect();
         let (issues, at): (Vec<i64>, Vec<Millis>) = touched.iter().map(|(i, a)| (*i, *a)).unzip();
-        let (inserted, _): (i64, i64) = sqlx::query_as(INSERT_ALL_SQL)
+        sqlx::query(INSERT_ALL_SQL)
             .bind(col(|r| r.id))
             .bind(&orgs)
             .bind(&types)
@@ -800,9 +1085,9 @@ impl Plan {
             .bind(col(|r| r.updated_at))
             .bind(&issues)
             .bind(&at)
-            .fetch_one(&mut *tx)
+            .execute(conn)
             .await?;
-        Ok(usize::try_from(inserted).is_ok_and(|n| n == self.rows.len()))
+        Ok(())
     }
 }
 
@@ -938,13 +1223,9 @@ mod tests {
             vec![link(&org, i[4], "is parent task for", i[5], false)],
             vec![link(&org, i[0], "is parent task for", i[5], false)],
         ]);
-        let mut conn = pool.acquire().await.unwrap();
-        let done = attempt(&mut conn, &batch, true)
-            .await
-            .unwrap()
-            .expect("the plan is kept");
-        assert!(done.committed);
-        answer(pool.clone(), batch, done).await;
+        let mut writer = Writer::new(pool.clone(), pool.clone());
+        let (_tx, mut rx) = mpsc::unbounded_channel();
+        assert!(writer.batch(batch, None, &mut rx).await.is_none());
         let mut out = Vec::new();
         for a in answers {
             out.push(a.await.unwrap());
@@ -974,7 +1255,8 @@ mod tests {
         assert_eq!(types, ["depends", "depends", "epic", "subtask"]);
         let view = out[0].as_ref().unwrap()[0].as_ref().unwrap().1.as_ref().unwrap();
         assert_eq!(view.id, answered[0]);
-        drop(conn);
+        writer.release().await;
+        drop(writer);
         pool.close().await;
         drop_database(&url).await;
     }
@@ -1065,7 +1347,8 @@ mod tests {
     }
 
     /// A planned batch whose pair another writer takes meanwhile (here: a transaction that commits the same pair
-    /// while the batch waits on it) is not kept; the batch is written again step by step and the link refused.
+    /// while the batch's write waits on it) is not kept; the batch is written again step by step and the link
+    /// refused, on the same connection.
     #[tokio::test]
     async fn a_planned_batch_that_meets_a_row_written_meanwhile_is_written_again_step_by_step() {
         let Some((url, _store, org, i)) = issues(&[], 3).await else {
@@ -1083,37 +1366,29 @@ mod tests {
         .execute(&mut *other)
         .await
         .unwrap();
-        let wanted = vec![
+        let (batch, mut answers) = jobs(vec![vec![
             link(&org, i[0], "relates", i[1], false),
             link(&org, i[1], "relates", i[2], false),
-        ];
+        ]]);
         let planned = {
-            let (pool, wanted) = (pool.clone(), wanted.clone());
+            let pool = pool.clone();
             tokio::spawn(async move {
-                let mut conn = pool.acquire().await.unwrap();
-                attempt(&mut conn, &jobs(vec![wanted]).0, true).await
+                let mut writer = Writer::new(pool.clone(), pool);
+                let (_tx, mut rx) = mpsc::unbounded_channel();
+                writer.batch(batch, None, &mut rx).await;
+                writer
             })
         };
         // The batch read the pair as free and waits at its `INSERT` for the other transaction.
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(!planned.is_finished());
         other.commit().await.unwrap();
-        assert!(matches!(planned.await.unwrap(), Ok(None)), "the plan is not kept");
-        let (reply, answer) = oneshot::channel();
-        let conn = pool.acquire().await.unwrap();
-        let kept = run_batch(
-            conn,
-            &pool,
-            &pool,
-            vec![Job {
-                links: wanted,
-                views: true,
-                reply,
-            }],
-        )
-        .await;
-        assert!(kept.is_some(), "a refusal is no fault: the writer keeps its connection");
-        let out = answer.await.unwrap().unwrap();
+        let writer = planned.await.unwrap();
+        assert!(
+            writer.main.is_some(),
+            "a refusal is no fault: the writer keeps its connection"
+        );
+        let out = answers.pop().unwrap().await.unwrap().unwrap();
         assert!(matches!(out[0], Err(Error::Unprocessable { .. })), "{out:?}");
         assert!(out[1].as_ref().is_ok_and(|(_, v)| v.is_some()), "{out:?}");
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM links")
@@ -1121,8 +1396,137 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(n, 2, "the other writer's link and the batch's second one");
-        drop(kept);
+        drop(writer);
         pool.close().await;
+        drop_database(&url).await;
+    }
+
+    /// The next batch's facts are read while a batch is written, and that read does not see the batch (here: its
+    /// write waits for a row another transaction holds): the next batch's links are checked against it all the
+    /// same. A cycle closed through it and the database is refused — the one rule no unique index backs: a pair,
+    /// an epic or a parent the batch took would also be refused by its index, the next batch then written again
+    /// step by step.
+    #[tokio::test]
+    async fn a_batch_read_while_the_one_before_is_written_is_checked_against_it() {
+        let types = ["task", "task", "task", "task", "task", "task", "epic", "epic"];
+        let Some((url, store, org, i)) = issues(&types, 8).await else {
+            return;
+        };
+        // In the database: 1 → 2.
+        depends(&store, &org, &[i[1], i[2]], 0).await.unwrap();
+        let pool = PgPool::connect(&url).await.unwrap();
+        let (first, first_answers) = jobs(vec![vec![
+            link(&org, i[0], "depends on", i[1], false),
+            link(&org, i[6], "is epic of", i[4], false),
+            link(&org, i[4], "is parent task for", i[5], false),
+        ]]);
+        let (next, next_answers) = jobs(vec![
+            // 2 → 0 closes 0 → 1 → 2 → 0, through the first batch's link: refused.
+            vec![link(&org, i[2], "depends on", i[0], false)],
+            // Free: written.
+            vec![link(&org, i[3], "depends on", i[2], false)],
+        ]);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for job in next {
+            tx.send(job).unwrap();
+        }
+        // The first batch's write waits for issue 0's row.
+        let mut holder = pool.begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM issues WHERE id = $1 FOR UPDATE")
+            .bind(i[0])
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            holder.commit().await.unwrap();
+        });
+        let mut writer = Writer::new(pool.clone(), pool.clone());
+        let (jobs_next, read) = writer.batch(first, None, &mut rx).await.unwrap();
+        release.await.unwrap();
+        assert_eq!(jobs_next.len(), 2);
+        assert!(read.is_some(), "the next batch was read while the first was written");
+        for a in first_answers {
+            let out = a.await.unwrap().unwrap();
+            assert!(out.iter().all(|r| r.is_ok()), "{out:?}");
+        }
+        assert!(writer.batch(jobs_next, read, &mut rx).await.is_none());
+        let mut out = Vec::new();
+        for a in next_answers {
+            out.push(a.await.unwrap().unwrap());
+        }
+        assert!(matches!(out[0][0], Err(Error::Unprocessable { .. })), "{out:?}");
+        assert!(out[1][0].as_ref().is_ok_and(|(_, v)| v.is_some()), "{out:?}");
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM links")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(n, 5, "one link before, three of the first batch, one of the next");
+        writer.release().await;
+        drop(writer);
+        pool.close().await;
+        drop_database(&url).await;
+    }
+
+    /// The writer holds the graph locks while batches keep coming, and lets them go as soon as none waits: a
+    /// transaction elsewhere then takes them at once, and the writer sends nothing more until a job comes.
+    #[tokio::test]
+    async fn the_writer_lets_the_graph_locks_go_when_no_batch_waits() {
+        let Some((url, store, org, i)) = issues(&[], 2).await else {
+            return;
+        };
+        depends(&store, &org, &i, 0).await.unwrap();
+        let mut other = PgConnection::connect(&url).await.unwrap();
+        let key = format!("tether.links.{}.depends", org.as_str());
+        let mut taken = false;
+        for _ in 0..50 {
+            taken = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+                .bind(&key)
+                .fetch_one(&mut other)
+                .await
+                .unwrap();
+            if taken {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(taken, "the writer still holds the depends lock");
+        // And it sends nothing while no job waits.
+        let mut last = Vec::new();
+        for _ in 0..2 {
+            let at: Vec<String> = sqlx::query_scalar(
+                "SELECT state_change::text FROM pg_stat_activity \
+                 WHERE datname = current_database() AND application_name = $1 ORDER BY pid",
+            )
+            .bind(WRITER_NAME)
+            .fetch_all(&mut other)
+            .await
+            .unwrap();
+            last.push(at);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        assert!(
+            !last[0].is_empty() && last[0] == last[1],
+            "the idle writer is busy: {last:?}"
+        );
+        // Held here, the lock keeps the writer's next `depends` link waiting.
+        let waiting = {
+            let i = i.clone();
+            tokio::spawn(async move { depends(&store, &org, &[i[1], i[0]], 0).await.map(|v| v.id) })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished());
+        let _: bool = sqlx::query_scalar("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+            .bind(&key)
+            .fetch_one(&mut other)
+            .await
+            .unwrap();
+        let refused = waiting.await.unwrap();
+        assert!(
+            matches!(refused, Err(Error::Unprocessable { .. })),
+            "1 → 0 after 0 → 1: {refused:?}"
+        );
+        other.close().await.unwrap();
         drop_database(&url).await;
     }
 }

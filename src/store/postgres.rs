@@ -51,7 +51,7 @@ impl PgStore {
         // statement alone, against 0.07 ms (`docs/benchmarks.md`).
         let generic = opts.options([("plan_cache_mode", "force_generic_plan")]);
         // Named, so that `pg_stat_activity` tells the writer's and the views' connections from the requests'.
-        let writer = pool_options(super::pg_links::BATCHES_IN_FLIGHT as u32)
+        let writer = pool_options(super::pg_links::WRITER_CONNECTIONS)
             .connect_with(generic.clone().application_name(super::pg_links::WRITER_NAME))
             .await?;
         // And so do the connections that read the views of the links just written (one statement, once per
