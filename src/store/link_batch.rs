@@ -18,7 +18,7 @@ pub(super) type Outcome = Result<Vec<Result<Written>>>;
 /// Links to write, and where their outcome goes.
 pub(super) struct Job {
     pub links: Vec<NewLink>,
-    /// Read each written link back (as seen from its `this` issue), in the same transaction.
+    /// Read each written link back (as seen from its `this` issue) once it is committed.
     pub views: bool,
     pub reply: oneshot::Sender<Outcome>,
 }

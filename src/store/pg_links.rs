@@ -7,7 +7,7 @@
 //! holder: 231 creates/s at c=16 against pgbench's 6 530 one-row transactions/s (`docs/benchmarks.md`). A batch
 //! reads what the rules need for all its links in one statement, checks each link against the database and the
 //! links before it ([`Plan`]), and writes them in one statement that commits them with one flush. The writer holds
-//! the locks at session level from one batch to the next while jobs keep coming (at most [`STREAK_MAX`]), so
+//! the locks at session level from one batch to the next while jobs keep coming (about [`STREAK_MAX`]), so
 //! that the next batch's facts are read while a batch is written ([`Writer`]). Replicas batch on their own and
 //! take the same locks, so the rules hold across processes as before.
 //!
@@ -79,10 +79,11 @@ pub(super) const VIEW_READERS: u32 = 4;
 /// How long the writer keeps its statements' plans at most (see [`replan`]).
 const REPLAN_EVERY: Duration = Duration::from_secs(1);
 
-/// How long the writer keeps its graph locks while batches keep coming. Then it lets them go before its next
-/// batch, so that whoever waits for them has a turn — the writers of other replicas, and this process's
-/// statements that take them one transaction at a time (a new issue with a parent, a batch written again step by
-/// step); it lets them go at once whenever no job is waiting.
+/// How long the writer keeps its graph locks while batches keep coming: once they have been held that long, the
+/// batch being written is the last one read ahead, and they go before the batch after it, so that whoever waits
+/// for them has a turn — the writers of other replicas, and this process's statements that take them one
+/// transaction at a time (a new issue with a parent, a batch written again step by step); it lets them go at once
+/// whenever no job is waiting.
 const STREAK_MAX: Duration = Duration::from_millis(20);
 
 /// The graph locks a batch needs: (rule, organization) → organization, in the order every writer takes them (all
@@ -164,19 +165,29 @@ impl Writer {
         }
     }
 
-    /// `slot`'s connection, ready for a statement: the one kept (pinged first after an idle while, as the pool
-    /// would; given back when that fails) or the pool's next one; its plans dropped once per [`REPLAN_EVERY`].
+    /// Tests `slot`'s connection when it has been idle a while (as the pool would) and closes it when that fails:
+    /// `true` when it did.
+    async fn tested(slot: &mut Option<Held>) -> bool {
+        let Some(held) = slot.as_mut() else { return false };
+        if held.used.elapsed() < IDLE_PING_AFTER {
+            return false;
+        }
+        if sqlx::Connection::ping(&mut *held.conn).await.is_ok() {
+            held.used = Instant::now();
+            return false;
+        }
+        if let Some(held) = slot.take() {
+            close(held).await;
+        }
+        true
+    }
+
+    /// `slot`'s connection, ready for a statement: the one kept ([`Writer::tested`]) or the pool's next one.
     async fn ready<'s>(
         pool: &PgPool,
         slot: &'s mut Option<Held>,
     ) -> std::result::Result<&'s mut PoolConnection<Postgres>, sqlx::Error> {
-        if let Some(held) = slot.as_mut()
-            && held.used.elapsed() >= IDLE_PING_AFTER
-            && sqlx::Connection::ping(&mut *held.conn).await.is_err()
-        {
-            // Idle connections hold no graph locks (`release`): the pool tests this one again and closes it.
-            *slot = None;
-        }
+        Writer::tested(slot).await;
         let held = match slot {
             Some(held) => held,
             None => {
@@ -189,17 +200,20 @@ impl Writer {
                 })
             }
         };
-        if held.planned.elapsed() >= REPLAN_EVERY {
-            replan(&mut held.conn).await;
-            held.planned = Instant::now();
+        Ok(fresh(held).await)
+    }
+
+    /// `main`, ready ([`Writer::ready`]); when it failed its test, the graph locks its session held went with it.
+    async fn ready_main(&mut self) -> std::result::Result<&mut PoolConnection<Postgres>, sqlx::Error> {
+        if Writer::tested(&mut self.main).await {
+            self.locks.clear();
         }
-        held.used = Instant::now();
-        Ok(&mut held.conn)
+        Writer::ready(&self.pool, &mut self.main).await
     }
 
     /// Has `main`'s session hold the graph locks `keys`: kept from the batches before when it holds them all and
     /// has held them less than [`STREAK_MAX`]; else it lets go of those it holds and takes `keys`, in order.
-    async fn lock(&mut self, keys: Keys) -> std::result::Result<(), sqlx::Error> {
+    async fn lock(&mut self, keys: Keys) -> std::result::Result<(), Stop> {
         if keys.keys().all(|k| self.locks.contains_key(k)) && self.since.elapsed() < STREAK_MAX {
             return Ok(());
         }
@@ -208,13 +222,16 @@ impl Writer {
             return Ok(());
         }
         let sql: Vec<String> = keys.iter().map(|((rule, _), org)| lock_sql(org, *rule, true)).collect();
-        let conn = Writer::ready(&self.pool, &mut self.main).await?;
-        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql.join("; ")))
+        let conn = self.ready_main().await.map_err(Stop::Unavailable)?;
+        // Whatever happens to it from now on, this session does not go back to the pool.
+        conn.close_on_drop();
+        if sqlx::raw_sql(sqlx::AssertSqlSafe(sql.join("; ")))
             .execute(&mut **conn)
             .await
+            .is_err()
         {
             self.lose().await;
-            return Err(e);
+            return Err(Stop::Fault);
         }
         self.locks = keys;
         self.since = Instant::now();
@@ -241,7 +258,7 @@ impl Writer {
     async fn lose(&mut self) {
         self.locks.clear();
         if let Some(held) = self.main.take() {
-            let _ = tokio::time::timeout(Duration::from_secs(5), held.conn.close()).await;
+            close(held).await;
         }
     }
 
@@ -263,10 +280,19 @@ impl Writer {
             Some(plan) => Ok(plan),
             None => self.plan(&jobs, &links).await,
         };
-        let Ok(plan) = plan else {
-            self.lose().await;
-            self.one_by_one(jobs).await;
-            return None;
+        let plan = match plan {
+            Ok(plan) => plan,
+            // No connection to be had: the batch's jobs are told, rather than each waiting for one in turn.
+            Err(Stop::Unavailable(e)) => {
+                self.lose().await;
+                fail(jobs, &unavailable(e));
+                return None;
+            }
+            Err(Stop::Fault) => {
+                self.lose().await;
+                self.one_by_one(jobs).await;
+                return None;
+            }
         };
         let checked = match check(&jobs, plan).await {
             Ok(checked) => checked,
@@ -282,15 +308,17 @@ impl Writer {
             next = gather(first, rx);
         }
         let keys = keys_of(&next);
+        // A batch that needs no graph lock is read ahead too, unless the locks held have had their time: its
+        // turn through `lock` lets them go.
         let ahead = !next.is_empty()
-            && (keys.is_empty() || self.since.elapsed() < STREAK_MAX)
+            && (self.since.elapsed() < STREAK_MAX || (keys.is_empty() && self.locks.is_empty()))
             && keys.keys().all(|k| self.locks.contains_key(k));
         let (before, rows, touched, all, wanted) = checked;
         let Some(main) = self.main.as_mut() else {
             self.one_by_one(jobs).await;
             return next_batch(next, None);
         };
-        let written = rows.write(&mut main.conn, &touched);
+        let written = async { rows.write(&mut **fresh(main).await, &touched).await };
         let read = async {
             if !ahead {
                 return None;
@@ -316,9 +344,9 @@ impl Writer {
                 tokio::spawn(answer(self.reads.clone(), jobs, done));
                 next_batch(next, read)
             }
-            // The statement failed: nothing of it was written (a row another writer got in first, an issue
-            // deleted meanwhile).
-            Err(sqlx::Error::Database(_)) => {
+            // The statement failed before its commit: nothing of it was written (a row another writer got in
+            // first, an issue deleted meanwhile).
+            Err(sqlx::Error::Database(e)) if refused(&*e) => {
                 self.release().await;
                 self.one_by_one(jobs).await;
                 next_batch(next, None)
@@ -326,34 +354,43 @@ impl Writer {
             // The connection failed: the batch may or may not have been written. It is reported, not tried again.
             Err(e) => {
                 self.lose().await;
-                let e = anyhow::Error::new(e).context("writing a batch of links");
-                for job in jobs {
-                    let _ = job.reply.send(Err(Error::Internal(anyhow::anyhow!("{e:#}"))));
-                }
+                fail(jobs, &anyhow::Error::new(e).context("writing a batch of links"));
                 next_batch(next, None)
             }
         }
     }
 
     /// The graph locks of `jobs` taken, and the facts of `links` read, on `main`.
-    async fn plan(&mut self, jobs: &[Job], links: &[&NewLink]) -> Result<Plan> {
-        self.lock(keys_of(jobs)).await.map_err(unavailable)?;
-        let conn = Writer::ready(&self.pool, &mut self.main).await.map_err(unavailable)?;
-        Plan::load(conn, links, &Accepted::default()).await
+    async fn plan(&mut self, jobs: &[Job], links: &[&NewLink]) -> std::result::Result<Plan, Stop> {
+        // Tested first: a session that fails its test takes its locks with it, and `lock` takes them again.
+        self.ready_main().await.map_err(Stop::Unavailable)?;
+        self.lock(keys_of(jobs)).await?;
+        // Not tested again: the session that holds the locks is used as it is (a failed statement is a fault).
+        if self.main.is_none() {
+            self.ready_main().await.map_err(Stop::Unavailable)?;
+        }
+        let Some(main) = self.main.as_mut() else {
+            return Err(Stop::Fault);
+        };
+        Plan::load(fresh(main).await, links, &Accepted::default())
+            .await
+            .map_err(|_| Stop::Fault)
     }
 
     /// Each job in a transaction of its own, statement by statement (under transaction-scoped graph locks:
     /// `main`'s session holds none here), on `main` while it lasts, then on the pool's next connections.
     async fn one_by_one(&mut self, jobs: Vec<Job>) {
         let mut slot = self.main.take().map(|held| held.conn);
-        for job in jobs {
+        let mut jobs = jobs.into_iter();
+        while let Some(job) = jobs.next() {
             let mut conn = match slot.take() {
                 Some(conn) => conn,
                 None => match self.pool.acquire().await {
                     Ok(conn) => conn,
+                    // The jobs after it are told too, rather than each waiting for a connection in turn.
                     Err(e) => {
-                        let _ = job.reply.send(Err(Error::Internal(unavailable(e))));
-                        continue;
+                        fail(std::iter::once(job).chain(jobs.by_ref()), &unavailable(e));
+                        break;
                     }
                 },
             };
@@ -381,6 +418,47 @@ impl Writer {
 /// The next batch, when jobs were waiting.
 fn next_batch(jobs: Vec<Job>, read: Option<Plan>) -> Option<Next> {
     (!jobs.is_empty()).then_some((jobs, read))
+}
+
+/// Why a batch could not be planned.
+enum Stop {
+    /// No connection could be had.
+    Unavailable(sqlx::Error),
+    /// A statement failed.
+    Fault,
+}
+
+/// Whether a statement's failure came before its commit, so that nothing of it was written: a rule of the schema
+/// (class 23: a unique index, a foreign key), a transaction rolled back (40: a deadlock), bad data or SQL (22, 42),
+/// or a cancel (57014). Any other failure — the server shutting down, a connection closed — may have come after
+/// the commit.
+fn refused(e: &dyn sqlx::error::DatabaseError) -> bool {
+    e.code()
+        .is_some_and(|c| ["22", "23", "40", "42"].iter().any(|class| c.starts_with(class)) || c == "57014")
+}
+
+/// Readies a kept connection for a statement: its plans dropped once per [`REPLAN_EVERY`] ([`replan`]), its use
+/// noted.
+async fn fresh(held: &mut Held) -> &mut PoolConnection<Postgres> {
+    if held.planned.elapsed() >= REPLAN_EVERY {
+        replan(&mut held.conn).await;
+        held.planned = Instant::now();
+    }
+    held.used = Instant::now();
+    &mut held.conn
+}
+
+/// Closes a connection the writer kept (5 s at most): it does not go back to the pool.
+async fn close(held: Held) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), held.conn.close()).await;
+}
+
+/// Tells each of `jobs` that it failed with `e`.
+fn fail(jobs: impl IntoIterator<Item = Job>, e: &anyhow::Error) {
+    let e = format!("{e:#}");
+    for job in jobs {
+        let _ = job.reply.send(Err(Error::Internal(anyhow::anyhow!("{e}"))));
+    }
 }
 
 /// The writer could not have a connection.
@@ -1527,6 +1605,43 @@ mod tests {
             "1 → 0 after 0 → 1: {refused:?}"
         );
         other.close().await.unwrap();
+        drop_database(&url).await;
+    }
+    /// Batches that need no graph lock do not keep the locks an earlier batch took past their time: once those
+    /// have been held [`STREAK_MAX`], the next such batch is not read ahead, and its turn lets them go.
+    #[tokio::test]
+    async fn batches_without_graph_links_let_the_held_locks_go_in_time() {
+        let Some((url, _store, org, i)) = issues(&[], 8).await else {
+            return;
+        };
+        let pool = PgPool::connect(&url).await.unwrap();
+        let mut writer = Writer::new(pool.clone(), pool.clone());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (first, _a) = jobs(vec![vec![link(&org, i[0], "depends on", i[1], false)]]);
+        let (relates, _b) = jobs(vec![
+            vec![link(&org, i[2], "relates", i[3], false)],
+            vec![link(&org, i[4], "relates", i[5], false)],
+        ]);
+        let mut relates = relates.into_iter();
+        tx.send(relates.next().unwrap()).unwrap();
+        // The depends batch takes the lock; the first relates batch is read ahead while it is written.
+        let (next, read) = writer.batch(first, None, &mut rx).await.unwrap();
+        assert!(read.is_some() && !writer.locks.is_empty());
+        // The lock has had its time; another relates batch waits.
+        writer.since = Instant::now() - STREAK_MAX - Duration::from_millis(1);
+        tx.send(relates.next().unwrap()).unwrap();
+        let (next, read) = writer.batch(next, read, &mut rx).await.unwrap();
+        assert!(read.is_none(), "not read ahead under a lock that has had its time");
+        assert!(!writer.locks.is_empty());
+        assert!(writer.batch(next, read, &mut rx).await.is_none());
+        assert!(writer.locks.is_empty(), "the lock went before the last batch");
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM links")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(n, 3);
+        drop(writer);
+        pool.close().await;
         drop_database(&url).await;
     }
 }

@@ -1,8 +1,9 @@
 //! PostgreSQL, for several stateless replicas. Row-level rules rely on unique indexes (one link per pair, one parent,
-//! one epic); the rules that span many rows (no cycle through `depends`, no cycle in the subtask tree) take a
-//! transaction-scoped advisory lock per organization and rule, so racing transactions — in one process or several
-//! — check them one after another. `relates`, `duplicates` and `epic` links take no such lock (an issue's type,
-//! which the epic rules read, never changes).
+//! one epic); the rules that span many rows (no cycle through `depends`, no cycle in the subtask tree) take an
+//! advisory lock per organization and rule — transaction-scoped, or held by a link writer's session across its
+//! batches (`pg_links.rs`) — so racing writers, in one process or several, check them one after another.
+//! `relates`, `duplicates` and `epic` links take no such lock (an issue's type, which the epic rules read, never
+//! changes).
 
 use std::str::FromStr;
 
