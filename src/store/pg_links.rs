@@ -90,6 +90,11 @@ const STREAK_MAX: Duration = Duration::from_millis(20);
 /// `Depends` before any `Subtask`).
 type Keys = BTreeMap<(CycleRule, String), OrgId>;
 
+/// The links of `jobs`, in order.
+fn links_of(jobs: &[Job]) -> Vec<&NewLink> {
+    jobs.iter().flat_map(|j| &j.links).collect()
+}
+
 fn keys_of(jobs: &[Job]) -> Keys {
     jobs.iter()
         .flat_map(|j| &j.links)
@@ -274,11 +279,10 @@ impl Writer {
         read: Option<Plan>,
         rx: &mut mpsc::UnboundedReceiver<Job>,
     ) -> Option<Next> {
-        let links: Vec<&NewLink> = jobs.iter().flat_map(|j| &j.links).collect();
         let plan = match read {
             // Read under the locks held since before the batch before it.
             Some(plan) => Ok(plan),
-            None => self.plan(&jobs, &links).await,
+            None => self.plan(&jobs).await,
         };
         let plan = match plan {
             Ok(plan) => plan,
@@ -323,9 +327,8 @@ impl Writer {
             if !ahead {
                 return None;
             }
-            let links: Vec<&NewLink> = next.iter().flat_map(|j| &j.links).collect();
             let conn = Writer::ready(&self.pool, &mut self.aux).await.ok()?;
-            match Plan::load(conn, &links, &before).await {
+            match Plan::load(conn, &links_of(&next), &before).await {
                 Ok(plan) => Some(plan),
                 Err(_) => {
                     self.aux = None;
@@ -360,8 +363,8 @@ impl Writer {
         }
     }
 
-    /// The graph locks of `jobs` taken, and the facts of `links` read, on `main`.
-    async fn plan(&mut self, jobs: &[Job], links: &[&NewLink]) -> std::result::Result<Plan, Stop> {
+    /// The graph locks of `jobs` taken, and the facts of their links read, on `main`.
+    async fn plan(&mut self, jobs: &[Job]) -> std::result::Result<Plan, Stop> {
         // Tested first: a session that fails its test takes its locks with it, and `lock` takes them again.
         self.ready_main().await.map_err(Stop::Unavailable)?;
         self.lock(keys_of(jobs)).await?;
@@ -372,7 +375,7 @@ impl Writer {
         let Some(main) = self.main.as_mut() else {
             return Err(Stop::Fault);
         };
-        Plan::load(fresh(main).await, links, &Accepted::default())
+        Plan::load(fresh(main).await, &links_of(jobs), &Accepted::default())
             .await
             .map_err(|_| Stop::Fault)
     }
@@ -495,7 +498,8 @@ async fn check(jobs: &[Job], plan: Plan) -> Result<Checked> {
         touched: BTreeMap::new(),
     };
     let (all, wanted) = insert_all(&mut tx, jobs, |tx, n| tx.plan.current = n).await?;
-    let accepted = tx.plan.accepted.clone();
+    // The rows are all `Plan::write` needs of the plan.
+    let accepted = std::mem::take(&mut tx.plan.accepted);
     Ok((accepted, tx.plan, tx.touched, all, wanted))
 }
 
