@@ -90,9 +90,9 @@ const STREAK_MAX: Duration = Duration::from_millis(20);
 /// `Depends` before any `Subtask`).
 type Keys = BTreeMap<(CycleRule, String), OrgId>;
 
-/// The links of `jobs`, in order.
-fn links_of(jobs: &[Job]) -> Vec<&NewLink> {
-    jobs.iter().flat_map(|j| &j.links).collect()
+/// The links of `jobs`, in order, each with whether its job wants its view.
+fn links_of(jobs: &[Job]) -> Vec<(&NewLink, bool)> {
+    jobs.iter().flat_map(|j| j.links.iter().map(|l| (l, j.views))).collect()
 }
 
 fn keys_of(jobs: &[Job]) -> Keys {
@@ -344,7 +344,12 @@ impl Writer {
                     all: all.into_iter().map(Ok).collect(),
                     wanted,
                 };
-                tokio::spawn(answer(self.reads.clone(), jobs, done));
+                if done.wanted.1.is_empty() {
+                    // Every view was read with the facts: the answers go now.
+                    answer(self.reads.clone(), jobs, done).await;
+                } else {
+                    tokio::spawn(answer(self.reads.clone(), jobs, done));
+                }
                 next_batch(next, read)
             }
             // The statement failed before its commit: nothing of it was written (a row another writer got in
@@ -497,7 +502,22 @@ async fn check(jobs: &[Job], plan: Plan) -> Result<Checked> {
         plan,
         touched: BTreeMap::new(),
     };
-    let (all, wanted) = insert_all(&mut tx, jobs, |tx, n| tx.plan.current = n).await?;
+    let (mut all, wanted) = insert_all(&mut tx, jobs, |tx, n| tx.plan.current = n).await?;
+    // The views the facts gave; only the others are read after the commit.
+    let mut views = std::mem::take(&mut tx.plan.views);
+    for (job, out) in jobs.iter().zip(&mut all) {
+        if job.views {
+            for (id, view) in out.iter_mut().flatten() {
+                *view = views.remove(id);
+            }
+        }
+    }
+    let wanted = wanted
+        .0
+        .into_iter()
+        .zip(wanted.1)
+        .filter(|(_, id)| all.iter().flatten().flatten().any(|(i, v)| i == id && v.is_none()))
+        .unzip();
     // The rows are all `Plan::write` needs of the plan.
     let accepted = std::mem::take(&mut tx.plan.accepted);
     Ok((accepted, tx.plan, tx.touched, all, wanted))
@@ -545,8 +565,8 @@ struct Done {
     wanted: (Vec<i64>, Vec<i64>),
 }
 
-/// Reads the views `done` wants (after the commit, so that the graph locks are held for no more than the rules
-/// need) and sends each job its outcome.
+/// Reads the views `done` wants that its jobs do not have yet (after the commit: a batch written step by step
+/// reads no more than its rules need while it holds the graph locks) and sends each job its outcome.
 async fn answer(reads: PgPool, jobs: Vec<Job>, mut done: Done) {
     if !done.wanted.1.is_empty() {
         let mut views = match views(&reads, &done.wanted.0, &done.wanted.1).await {
@@ -559,7 +579,8 @@ async fn answer(reads: PgPool, jobs: Vec<Job>, mut done: Done) {
                 continue;
             }
             for written in out.iter_mut() {
-                let Ok((id, _)) = *written else { continue };
+                // Those whose views were read with the facts have them.
+                let Ok((id, None)) = *written else { continue };
                 *written = match &mut views {
                     Ok(found) => match found.remove(&id) {
                         Some(v) => Ok((id, Some(v))),
@@ -817,6 +838,8 @@ struct Plan {
     accepted: Accepted,
     /// The rows to insert.
     rows: Vec<PlannedRow>,
+    /// The views of the accepted links whose jobs asked for them, by id.
+    views: BTreeMap<i64, LinkView>,
 }
 
 /// The links a batch accepted, as its rules and the next batch's see them.
@@ -856,6 +879,49 @@ struct Facts {
     issues: Vec<PairRow>,
     epic: Option<String>,
     parent: Option<String>,
+    /// The issue it is seen from, the other issue, and what its view needs of the database (when asked for).
+    this: i64,
+    other: i64,
+    view: Option<ViewFacts>,
+}
+
+impl Facts {
+    /// The view of the link, accepted as `row`, from its issue `this` — when its job asked for it and the facts
+    /// have it all.
+    fn view(&self, row: &LinkInsert<'_>) -> Option<LinkView> {
+        let v = self.view.as_ref()?;
+        let key_of = |id: i64| self.issues.iter().find(|r| r.id == id).map(|r| r.key.clone());
+        LinkRow {
+            id: self.id,
+            ty: row.ty.to_owned(),
+            outward_id: row.outward,
+            this_key: key_of(self.this)?,
+            object_id: self.other,
+            object_key: key_of(self.other)?,
+            object_summary: v.object_summary.clone(),
+            object_status: v.object_status.clone(),
+            assignee_uid: v.assignee_uid,
+            assignee_display: v.assignee_display.clone(),
+            created_by: row.created_by,
+            created_by_display: v.created_by_display.clone(),
+            updated_by: row.updated_by,
+            updated_by_display: v.updated_by_display.clone(),
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+        .into_view()
+        .ok()
+    }
+}
+
+/// What a link's view needs beyond the batch's data ([`link_columns`]), read with the facts.
+struct ViewFacts {
+    object_summary: String,
+    object_status: String,
+    assignee_uid: Option<i64>,
+    assignee_display: Option<String>,
+    created_by_display: String,
+    updated_by_display: String,
 }
 
 struct PlannedRow {
@@ -872,12 +938,15 @@ struct PlannedRow {
     updated_at: Millis,
 }
 
-/// Each link's two issues, whether its pair is linked, the epic its outward issue is in and the parent of its
-/// inward issue ([`CURRENT_EPIC_SQL`], [`CURRENT_PARENT_SQL`] for every link), an id for it, and the walks of the
-/// no-cycle rules: from each issue `$8` (`$10`), the issues `$9` (`$11`) reachable along `depends` (subtask) links
-/// (as in `reaches_sql`) and the edges `$12` → `$13` (`$14` → `$15`: links being written, which the statement may not
-/// see), given on the rows of the links whose inward issue it is. One statement, so that the
-/// batch's locks are held for one round trip less. Each step of a walk is a subquery the planner may not pull up
+/// Each link's two issues, whether its pair is linked, the epic its outward issue is in (an `epic` link's only, type
+/// `$16`) and the parent of its inward issue (a subtask link's only) ([`CURRENT_EPIC_SQL`], [`CURRENT_PARENT_SQL`]),
+/// an id for it, the walks of the no-cycle rules: from each issue `$8` (`$10`), the issues `$9` (`$11`) reachable
+/// along `depends` (subtask) links (as in `reaches_sql`) and the edges `$12` → `$13` (`$14` → `$15`: links being
+/// written, which the statement may not see), given on the rows of the links whose inward issue it is; and what the
+/// link's view needs ([`link_columns`]) beyond the batch's own data, where `$19` asks for it: the other issue's
+/// summary, status and assignee, and the names of the assignee and of the link's authors `$17`, `$18`. One
+/// statement, so that the batch's locks are held for one round trip less, and its views need no read after the
+/// commit. Each step of a walk is a subquery the planner may not pull up
 /// (`OFFSET 0`), so that it is always an index lookup per issue reached: as a join, the generic plan hashed every
 /// `depends` link of the table for a walk of a few issues (3.4 of 3.75 ms on 13 000 links; 0.54 ms in all
 /// this way).
@@ -892,11 +961,18 @@ const FACTS_SQL: &str = "WITH RECURSIVE \
      UNION ALL SELECT e.i FROM unnest($14::bigint[], $15::bigint[]) AS e(o, i) WHERE e.o = r.id) l) \
      SELECT t.id, t.key, t.type, o.id, o.key, o.type, \
      EXISTS (SELECT 1 FROM links x WHERE x.lo = j.lo AND x.hi = j.hi), \
-     (SELECT e.key FROM links x JOIN issues e ON e.id = x.inward_id WHERE x.outward_id = j.outward AND x.type = 'epic'), \
-     (SELECT p.key FROM links x JOIN issues p ON p.id = x.outward_id WHERE x.inward_id = j.inward AND x.type = 'subtask'), \
-     nextval(pg_get_serial_sequence('links', 'id')), dr.ends, sr.ends \
-     FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[]) \
-     WITH ORDINALITY AS j(org, this, other, outward, inward, lo, hi, n) \
+     CASE WHEN j.ty = 'epic' THEN (SELECT e.key FROM links x JOIN issues e ON e.id = x.inward_id \
+     WHERE x.outward_id = j.outward AND x.type = 'epic') END, \
+     CASE WHEN j.ty = 'subtask' THEN (SELECT p.key FROM links x JOIN issues p ON p.id = x.outward_id \
+     WHERE x.inward_id = j.inward AND x.type = 'subtask') END, \
+     nextval('links_id_seq'), dr.ends, sr.ends, \
+     o.summary, o.status, o.assignee_uid, \
+     CASE WHEN j.views THEN (SELECT u.display FROM users u WHERE u.uid = o.assignee_uid) END, \
+     CASE WHEN j.views THEN (SELECT u.display FROM users u WHERE u.uid = j.created_by) END, \
+     CASE WHEN j.views THEN (SELECT u.display FROM users u WHERE u.uid = j.updated_by) END \
+     FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], \
+     $16::text[], $17::bigint[], $18::bigint[], $19::boolean[]) \
+     WITH ORDINALITY AS j(org, this, other, outward, inward, lo, hi, ty, created_by, updated_by, views, n) \
      LEFT JOIN issues t ON t.org_id = j.org AND t.id = j.this \
      LEFT JOIN issues o ON o.org_id = j.org AND o.id = j.other \
      LEFT JOIN (SELECT start, array_agg(id) AS ends FROM rd WHERE id = ANY($9) GROUP BY start) dr ON dr.start = j.inward \
@@ -922,8 +998,12 @@ fn internal(e: impl Into<anyhow::Error>) -> Error {
 }
 
 impl Plan {
-    /// Reads what the rules of `links` need, with `before` written meanwhile.
-    async fn load(tx: &mut PgConnection, links: &[&NewLink], before: &Accepted) -> Result<Plan> {
+    /// Reads what the rules of `links` need, and their views where asked for, with `before` written meanwhile.
+    async fn load(tx: &mut PgConnection, links: &[(&NewLink, bool)], before: &Accepted) -> Result<Plan> {
+        let (links, views): (Vec<&NewLink>, Vec<bool>) = links.iter().copied().unzip();
+        let types: Vec<&str> = links.iter().map(|l| l.relationship.ty.id()).collect();
+        let created_by: Vec<i64> = links.iter().map(|l| l.created.0).collect();
+        let updated_by: Vec<i64> = links.iter().map(|l| l.updated.0).collect();
         let oriented: Vec<(i64, i64)> = links.iter().map(|l| l.relationship.orient(l.this, l.other)).collect();
         let orgs: Vec<&str> = links.iter().map(|l| l.org.as_str()).collect();
         let this: Vec<i64> = links.iter().map(|l| l.this).collect();
@@ -965,6 +1045,10 @@ impl Plan {
             .bind(&depends_before.1)
             .bind(&subtask_before.0)
             .bind(&subtask_before.1)
+            .bind(&types)
+            .bind(&created_by)
+            .bind(&updated_by)
+            .bind(&views)
             .fetch_all(&mut *tx)
             .await?;
         if rows.len() != links.len() {
@@ -997,14 +1081,31 @@ impl Plan {
                 let ends: Option<Vec<i64>> = r.try_get(if rule == CycleRule::Depends { 10 } else { 11 })?;
                 from.insert(inward[k], ends.unwrap_or_default());
             }
+            // Wanted, and the other issue and the authors there (else the link is refused, or its view read later).
+            let view = match (r.try_get(12)?, r.try_get(13)?, r.try_get(16)?, r.try_get(17)?) {
+                (Some(object_summary), Some(object_status), Some(created_by_display), Some(updated_by_display)) => {
+                    Some(ViewFacts {
+                        object_summary,
+                        object_status,
+                        assignee_uid: r.try_get(14)?,
+                        assignee_display: r.try_get(15)?,
+                        created_by_display,
+                        updated_by_display,
+                    })
+                }
+                _ => None,
+            };
             facts.push(Facts {
                 id: r.try_get(9)?,
                 ty: link.relationship.ty,
+                this: link.this,
+                other: link.other,
                 outward: outward[k],
                 inward: inward[k],
                 issues,
                 epic: r.try_get(7)?,
                 parent: r.try_get(8)?,
+                view,
             });
         }
         Ok(Plan {
@@ -1014,6 +1115,7 @@ impl Plan {
             before: before.clone(),
             accepted: Accepted::default(),
             rows: Vec::new(),
+            views: BTreeMap::new(),
         })
     }
 
@@ -1118,6 +1220,9 @@ impl Plan {
                 .push(row.inward);
         }
         self.accepted.linked.insert((row.lo, row.hi));
+        if let Some(view) = facts.view(row) {
+            self.views.insert(id, view);
+        }
         self.rows.push(PlannedRow {
             id,
             org: row.org.to_owned(),
@@ -1264,6 +1369,50 @@ mod tests {
                 )
             })
             .unzip()
+    }
+
+    /// A planned batch's views come with its facts: none is read after the commit (the pool for those reads is
+    /// closed here), and each is the view the database gives of the link from its issue.
+    #[tokio::test]
+    async fn a_planned_batch_answers_with_the_views_read_with_its_facts() {
+        let Some((url, store, org, i)) = issues(&[], 6).await else {
+            return;
+        };
+        let pool = PgPool::connect(&url).await.unwrap();
+        sqlx::query("UPDATE issues SET assignee_uid = 1 WHERE id = $1")
+            .bind(i[1])
+            .execute(&pool)
+            .await
+            .unwrap();
+        let reads = PgPool::connect(&url).await.unwrap();
+        reads.close().await;
+        let (batch, answers) = jobs(vec![
+            vec![link(&org, i[0], "depends on", i[1], false)],
+            vec![
+                link(&org, i[2], "is dependent by", i[3], false),
+                link(&org, i[4], "relates", i[5], false),
+            ],
+        ]);
+        let (_tx, mut rx) = mpsc::unbounded_channel();
+        let mut writer = Writer::new(pool.clone(), reads);
+        assert!(writer.batch(batch, None, &mut rx).await.is_none());
+        let mut seen = 0;
+        for (answer, from) in answers.into_iter().zip([vec![i[0]], vec![i[2], i[4]]]) {
+            let out = answer.await.unwrap().unwrap();
+            assert_eq!(out.len(), from.len());
+            for (written, this) in out.into_iter().zip(from) {
+                let (id, view) = written.unwrap();
+                let view = view.expect("the view of a link its job asked for");
+                let stored = store.get_link(&org, this, id).await.unwrap().unwrap();
+                assert_eq!(format!("{view:?}"), format!("{stored:?}"));
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 3);
+        writer.release().await;
+        drop(writer);
+        pool.close().await;
+        drop_database(&url).await;
     }
 
     /// A planned batch checks each link against the database as it was and the links the batch accepted before

@@ -193,22 +193,22 @@ impl IssueRow {
 
 #[derive(sqlx::FromRow)]
 pub(super) struct LinkRow {
-    id: i64,
-    ty: String,
-    outward_id: i64,
-    this_key: String,
-    object_id: i64,
-    object_key: String,
-    object_summary: String,
-    object_status: String,
-    assignee_uid: Option<i64>,
-    assignee_display: Option<String>,
-    created_by: i64,
-    created_by_display: String,
-    updated_by: i64,
-    updated_by_display: String,
-    created_at: i64,
-    updated_at: i64,
+    pub(super) id: i64,
+    pub(super) ty: String,
+    pub(super) outward_id: i64,
+    pub(super) this_key: String,
+    pub(super) object_id: i64,
+    pub(super) object_key: String,
+    pub(super) object_summary: String,
+    pub(super) object_status: String,
+    pub(super) assignee_uid: Option<i64>,
+    pub(super) assignee_display: Option<String>,
+    pub(super) created_by: i64,
+    pub(super) created_by_display: String,
+    pub(super) updated_by: i64,
+    pub(super) updated_by_display: String,
+    pub(super) created_at: i64,
+    pub(super) updated_at: i64,
 }
 
 impl LinkRow {
