@@ -18,7 +18,9 @@ pub(super) type Outcome = Result<Vec<Result<Written>>>;
 /// Links to write, and where their outcome goes.
 pub(super) struct Job {
     pub links: Vec<NewLink>,
-    /// Read each written link back (as seen from its `this` issue) once it is committed.
+    /// Answer each written link's view (as seen from its `this` issue). SQLite's writer reads it in the
+    /// transaction that writes the link; PostgreSQL's reads it with the batch's facts (the issues and people as they
+    /// were then, a moment before the commit), or after the commit for a batch written step by step.
     pub views: bool,
     pub reply: oneshot::Sender<Outcome>,
 }

@@ -35,8 +35,9 @@ use crate::domain::dates::Millis;
 use crate::domain::links::LinkType;
 use crate::error::{Error, Result};
 
-/// Starts the batching task: it writes on `pool` (its own connections) and reads the created links' views on
-/// `reads` (connections of their own, [`VIEW_READERS`] at most).
+/// Starts the batching task: it writes on `pool` (its own connections) and reads on `reads` (connections of their
+/// own, [`VIEW_READERS`] at most) the created links' views that a batch's facts did not give (a batch written
+/// step by step).
 pub(super) fn start(pool: PgPool, reads: PgPool) -> LinkWriter {
     let (writer, rx) = LinkWriter::channel();
     tokio::spawn(batches(rx, pool, reads));
@@ -72,8 +73,8 @@ pub(super) const WRITER_CONNECTIONS: u32 = 2;
 /// The `application_name` of the writer's connections.
 pub(super) const WRITER_NAME: &str = "tether link writer";
 
-/// How many connections read the views of written batches: a batch's views are read while the next batches are
-/// written, by a task of their own ([`answer`]).
+/// How many connections read the views the facts did not give (a batch written step by step), by a task of
+/// their own for a planned batch ([`answer`]).
 pub(super) const VIEW_READERS: u32 = 4;
 
 /// How long the writer keeps its statements' plans at most (see [`replan`]).
@@ -271,8 +272,9 @@ impl Writer {
     /// written), their links inserted and committed by one statement, while the next batch is gathered and its
     /// facts read on the other connection. When the plan cannot be kept (a fault, or a row that a writer
     /// elsewhere got in first), each job is written again in a transaction of its own, statement by statement.
-    /// A planned batch's views are read and its answers sent by a task of their own, so that the next batch
-    /// begins at once. Returns the next batch when it was gathered.
+    /// A planned batch's views come with its facts, and its answers are sent as soon as it is committed (a view
+    /// missing from the facts is read by a task of its own, so that the next batch begins at once). Returns the
+    /// next batch when it was gathered.
     async fn batch(
         &mut self,
         jobs: Vec<Job>,
@@ -557,7 +559,7 @@ async fn insert_all<T: LinkTx>(
 }
 
 /// A committed batch (or one whose commit failed): each job's outcome, and the links whose views its jobs
-/// asked for — (the issue each is seen from, link id).
+/// asked for and do not have yet — (the issue each is seen from, link id).
 struct Done {
     /// Whether the commit answered (when it did not, `all` says so to every job).
     committed: bool,
@@ -877,7 +879,9 @@ struct Facts {
     inward: i64,
     /// Its two issues as [`PAIR_SQL`] gives them (those that exist in the organization).
     issues: Vec<PairRow>,
+    /// Read for an `epic` link only.
     epic: Option<String>,
+    /// Read for a subtask link only.
     parent: Option<String>,
     /// The issue it is seen from, the other issue, and what its view needs of the database (when asked for).
     this: i64,
@@ -966,7 +970,8 @@ const FACTS_SQL: &str = "WITH RECURSIVE \
      CASE WHEN j.ty = 'subtask' THEN (SELECT p.key FROM links x JOIN issues p ON p.id = x.outward_id \
      WHERE x.inward_id = j.inward AND x.type = 'subtask') END, \
      nextval('links_id_seq'), dr.ends, sr.ends, \
-     o.summary, o.status, o.assignee_uid, \
+     CASE WHEN j.views THEN o.summary END, CASE WHEN j.views THEN o.status END, \
+     CASE WHEN j.views THEN o.assignee_uid END, \
      CASE WHEN j.views THEN (SELECT u.display FROM users u WHERE u.uid = o.assignee_uid) END, \
      CASE WHEN j.views THEN (SELECT u.display FROM users u WHERE u.uid = j.created_by) END, \
      CASE WHEN j.views THEN (SELECT u.display FROM users u WHERE u.uid = j.updated_by) END \
@@ -1375,7 +1380,7 @@ mod tests {
     /// closed here), and each is the view the database gives of the link from its issue.
     #[tokio::test]
     async fn a_planned_batch_answers_with_the_views_read_with_its_facts() {
-        let Some((url, store, org, i)) = issues(&[], 6).await else {
+        let Some((url, store, org, i)) = issues(&[], 8).await else {
             return;
         };
         let pool = PgPool::connect(&url).await.unwrap();
@@ -1384,20 +1389,25 @@ mod tests {
             .execute(&pool)
             .await
             .unwrap();
+        let editor = store.create_user("v", "V", None, 1).await.unwrap();
         let reads = PgPool::connect(&url).await.unwrap();
         reads.close().await;
-        let (batch, answers) = jobs(vec![
+        let mut edited = link(&org, i[4], "relates", i[5], false);
+        edited.updated = (editor.uid, 6);
+        let (mut batch, answers) = jobs(vec![
             vec![link(&org, i[0], "depends on", i[1], false)],
-            vec![
-                link(&org, i[2], "is dependent by", i[3], false),
-                link(&org, i[4], "relates", i[5], false),
-            ],
+            vec![link(&org, i[2], "is dependent by", i[3], false), edited],
+            vec![link(&org, i[6], "relates", i[7], false)],
         ]);
+        // The last job asks for no view.
+        batch[2].views = false;
         let (_tx, mut rx) = mpsc::unbounded_channel();
         let mut writer = Writer::new(pool.clone(), reads);
         assert!(writer.batch(batch, None, &mut rx).await.is_none());
+        let mut answers = answers.into_iter();
         let mut seen = 0;
-        for (answer, from) in answers.into_iter().zip([vec![i[0]], vec![i[2], i[4]]]) {
+        // The array first: `zip` then takes no third answer.
+        for (from, answer) in [vec![i[0]], vec![i[2], i[4]]].into_iter().zip(answers.by_ref()) {
             let out = answer.await.unwrap().unwrap();
             assert_eq!(out.len(), from.len());
             for (written, this) in out.into_iter().zip(from) {
@@ -1408,6 +1418,8 @@ mod tests {
                 seen += 1;
             }
         }
+        let out = answers.next().unwrap().await.unwrap().unwrap();
+        assert!(matches!(out[..], [Ok((_, None))]), "{out:?}");
         assert_eq!(seen, 3);
         writer.release().await;
         drop(writer);

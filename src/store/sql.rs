@@ -1287,7 +1287,7 @@ macro_rules! impl_store {
             }
 
             async fn create_link(&self, new: &NewLink) -> Result<LinkView> {
-                // Written in a batch; the view is read once the batch is committed.
+                // Written in a batch, which answers the link's view too (`Job::views`).
                 let mut out = self.link_writer().write(vec![new.clone()], true).await?;
                 match out.pop() {
                     Some(Ok((_, Some(view)))) => Ok(view),
