@@ -507,10 +507,14 @@ async fn check(jobs: &[Job], plan: Plan) -> Result<Checked> {
     let (mut all, wanted) = insert_all(&mut tx, jobs, |tx, n| tx.plan.current = n).await?;
     // The views the facts gave; only the others are read after the commit.
     let mut views = std::mem::take(&mut tx.plan.views);
+    let mut given = BTreeSet::new();
     for (job, out) in jobs.iter().zip(&mut all) {
         if job.views {
             for (id, view) in out.iter_mut().flatten() {
                 *view = views.remove(id);
+                if view.is_some() {
+                    given.insert(*id);
+                }
             }
         }
     }
@@ -518,7 +522,7 @@ async fn check(jobs: &[Job], plan: Plan) -> Result<Checked> {
         .0
         .into_iter()
         .zip(wanted.1)
-        .filter(|(_, id)| all.iter().flatten().flatten().any(|(i, v)| i == id && v.is_none()))
+        .filter(|(_, id)| !given.contains(id))
         .unzip();
     // The rows are all `Plan::write` needs of the plan.
     let accepted = std::mem::take(&mut tx.plan.accepted);
