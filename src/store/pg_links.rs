@@ -1431,6 +1431,49 @@ mod tests {
         drop_database(&url).await;
     }
 
+    /// The write of a batch updates its issues' `updatedAt` heap-only (HOT: no index entry), which is what
+    /// migration 0004 is for: no index on `updated_at`, and room on each page of `issues` for the new versions.
+    /// The batch's statement runs in a transaction here, whose own counts `pg_stat_xact_user_tables` gives.
+    #[tokio::test]
+    async fn a_batch_updates_its_issues_heap_only() {
+        // Several pages of issues: without the room left on each, the new versions would go to other pages.
+        let Some((url, _store, org, i)) = issues(&[], 240).await else {
+            return;
+        };
+        let pool = PgPool::connect(&url).await.unwrap();
+        let mut conn = pool.acquire().await.unwrap();
+        sqlx::query("ANALYZE issues").execute(&mut *conn).await.unwrap();
+        let pages: i64 = sqlx::query_scalar("SELECT relpages::bigint FROM pg_class WHERE relname = 'issues'")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert!(pages >= 3, "{pages} pages: too few to tell");
+        // One issue in ten, in links of twenty apart: 24 issues touched, spread over every page.
+        let (batch, _answers) = jobs(
+            (0..12)
+                .map(|k| vec![link(&org, i[20 * k], "relates", i[20 * k + 10], false)])
+                .collect(),
+        );
+        sqlx::query("BEGIN").execute(&mut *conn).await.unwrap();
+        let plan = Plan::load(&mut conn, &links_of(&batch), &Accepted::default())
+            .await
+            .unwrap();
+        let (_, rows, touched, all, _) = check(&batch, plan).await.unwrap();
+        assert_eq!(touched.len(), 24);
+        assert!(all.iter().flatten().all(|w| w.is_ok()), "{all:?}");
+        rows.write(&mut conn, &touched).await.unwrap();
+        let (upd, hot): (i64, i64) =
+            sqlx::query_as("SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables WHERE relname = 'issues'")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+        assert_eq!((upd, hot), (24, 24), "issues updated, of which heap-only");
+        sqlx::query("ROLLBACK").execute(&mut *conn).await.unwrap();
+        drop(conn);
+        pool.close().await;
+        drop_database(&url).await;
+    }
+
     /// A planned batch checks each link against the database as it was and the links the batch accepted before
     /// it: a cycle closed through two links of the database and one of the batch, a pair, an epic and a parent
     /// taken earlier in the batch are refused; an imported cycle is allowed; ids and views come back.
