@@ -1,17 +1,19 @@
 #!/usr/bin/env python3
 """Create link at c=16, two Tether binaries measured alternately:
-`python3 bench/ab_create.py BEFORE AFTER [ROUNDS] [PAIRS]`.
+`python3 bench/ab_create.py BEFORE AFTER [ROUNDS] [PAIRS] [--pg]`.
 
 The create-link figure of `bench/bench.py` comes from one short run per repetition and moves by ±20 % between runs on
 a shared 2-core machine; this script measures just that scenario many times, alternating the two binaries (their
 order swaps every round), each round on a fresh SQLite database: 2 × PAIRS issues imported through the API, then
 `wrk -t2 -c16` sends PAIRS (default 4 000) `depends on` creates between fresh pairs (each line once; the run lasts
 at most 30 s). It prints each run and the
-median and mean of each side. Uses bench.py's server, import and wrk helpers; needs wrk.
+median and mean of each side. Uses bench.py's server, import and wrk helpers; needs wrk. With `--pg`, each round is
+on a fresh PostgreSQL database instead (`postgres://postgres@127.0.0.1:5432`, dropped after the run).
 """
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -20,10 +22,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 
 
-def one_run(path, name, work, pairs):
+PSQL = ["psql", "-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c"]
+
+
+def one_run(path, name, work, pairs, pg):
     bench.TETHER = path
-    db = os.path.join(work, f"{name}.db")
-    srv = bench.tether(f"ab-{name}", f"sqlite://{db}", "normal", work)
+    if pg:
+        db = f"tether_ab_{os.getpid()}"
+        subprocess.run(PSQL + [f"CREATE DATABASE {db}"], check=True)
+        url = f"{bench.PG_BASE}/{db}"
+    else:
+        url = f"sqlite://{os.path.join(work, f'{name}.db')}"
+    srv = bench.tether(f"ab-{name}", url, "normal", work)
     try:
         api = bench.Api(srv.port)
         api.call("POST", "/v2/queues", {"key": "BENCH", "name": "Bench", "defaultType": "task"})
@@ -37,9 +47,13 @@ def one_run(path, name, work, pairs):
         return bench.wrk(srv.port, reqs, 16, 30, False)
     finally:
         srv.stop()
+        if pg:
+            subprocess.run(PSQL + [f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"], check=True)
 
 
 def main():
+    pg = "--pg" in sys.argv
+    sys.argv = [a for a in sys.argv if a != "--pg"]
     if len(sys.argv) < 3:
         sys.exit(__doc__)
     bins = {"before": sys.argv[1], "after": sys.argv[2]}
@@ -50,7 +64,7 @@ def main():
     for r in range(rounds):
         order = list(bins.items()) if r % 2 == 0 else list(reversed(bins.items()))
         for name, path in order:
-            res = one_run(path, f"{name}-{r}", work, pairs)
+            res = one_run(path, f"{name}-{r}", work, pairs, pg)
             out[name].append(round(res["rps"]))
             print(f"{name} round {r}: {res['rps']:.0f} req/s, p99 {res['p99_us'] / 1000:.2f} ms, "
                   f"non-2xx {res['non2xx']}", flush=True)
