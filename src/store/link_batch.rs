@@ -52,14 +52,22 @@ impl LinkWriter {
 
 /// `first` and the jobs waiting behind it, up to [`MAX_BATCH_LINKS`] links.
 pub(super) fn gather(first: Job, rx: &mut mpsc::UnboundedReceiver<Job>) -> Vec<Job> {
-    let mut size = first.links.len();
     let mut jobs = vec![first];
+    gather_more(&mut jobs, rx);
+    jobs
+}
+
+/// Adds the jobs waiting to `jobs`, up to [`MAX_BATCH_LINKS`] links in all: `true` when it added one.
+pub(super) fn gather_more(jobs: &mut Vec<Job>, rx: &mut mpsc::UnboundedReceiver<Job>) -> bool {
+    let mut size: usize = jobs.iter().map(|j| j.links.len()).sum();
+    let mut added = false;
     while size < MAX_BATCH_LINKS {
         let Ok(job) = rx.try_recv() else { break };
         size += job.links.len();
         jobs.push(job);
+        added = true;
     }
-    jobs
+    added
 }
 
 /// What the link writers' unit tests (`sqlite_links.rs`, `pg_links.rs`) set up.

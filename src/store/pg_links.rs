@@ -16,6 +16,7 @@
 //! jobs are written again one transaction each, a statement per read, so that a fault is the job's own.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
@@ -23,7 +24,7 @@ use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{Postgres, Row, Transaction};
 use tokio::sync::mpsc;
 
-use super::link_batch::{Job, LinkWriter, Outcome, Written, gather};
+use super::link_batch::{Job, LinkWriter, Outcome, Written, gather, gather_more};
 use super::link_rules::{
     CURRENT_EPIC_SQL, CURRENT_PARENT_SQL, INSERT_LINK_SQL, LinkInsert, LinkTx, PAIR_SQL, PairRow, insert_link,
 };
@@ -270,8 +271,9 @@ impl Writer {
 
     /// Writes `jobs`: planned ([`Plan`]; `read`, its facts when they were read while the batch before was
     /// written), their links inserted and committed by one statement, while the next batch is gathered and its
-    /// facts read on the other connection. When the plan cannot be kept (a fault, or a row that a writer
-    /// elsewhere got in first), each job is written again in a transaction of its own, statement by statement.
+    /// facts read on the other connection — read again with the jobs that came meanwhile while the statement
+    /// lasts ([`read_ahead`]). When the plan cannot be kept (a fault, or a row that a writer elsewhere got in
+    /// first), each job is written again in a transaction of its own, statement by statement.
     /// A planned batch's views come with its facts, and its answers are sent as soon as it is committed (a view
     /// missing from the facts is read by a task of its own, so that the next batch begins at once). Returns the
     /// next batch when it was gathered.
@@ -308,7 +310,8 @@ impl Writer {
                 return None;
             }
         };
-        // The next batch: what waits now, read ahead when the locks it needs are held and may be kept.
+        // The next batch: what waits now (and what comes while this one is written, [`read_ahead`]), read ahead
+        // when the locks it needs are held and may be kept.
         let mut next = Vec::new();
         if let Ok(first) = rx.try_recv() {
             next = gather(first, rx);
@@ -324,14 +327,19 @@ impl Writer {
             self.one_by_one(jobs).await;
             return next_batch(next, None);
         };
-        let written = async { rows.write(&mut **fresh(main).await, &touched).await };
+        let landed = AtomicBool::new(false);
+        let written = async {
+            let written = rows.write(&mut **fresh(main).await, &touched).await;
+            landed.store(true, Ordering::Relaxed);
+            written
+        };
         let read = async {
             if !ahead {
                 return None;
             }
             let conn = Writer::ready(&self.pool, &mut self.aux).await.ok()?;
-            match Plan::load(conn, &links_of(&next), &before).await {
-                Ok(plan) => Some(plan),
+            match read_ahead(conn, &mut next, rx, &before, &landed, &self.locks).await {
+                Ok(plan) => plan,
                 Err(_) => {
                     self.aux = None;
                     None
@@ -422,6 +430,28 @@ impl Writer {
             used: now,
             planned: now,
         });
+    }
+}
+
+/// The facts of `next` read with `before` (the batch being written) — and read again with the jobs that came
+/// meanwhile while that batch has not `landed`: a bigger next batch for about the same write. `None` when a job that
+/// came needs a graph lock not among `locks` (the batch is then planned in its turn); an error when a read failed.
+async fn read_ahead(
+    conn: &mut PgConnection,
+    next: &mut Vec<Job>,
+    rx: &mut mpsc::UnboundedReceiver<Job>,
+    before: &Accepted,
+    landed: &AtomicBool,
+    locks: &Keys,
+) -> Result<Option<Plan>> {
+    loop {
+        let plan = Plan::load(conn, &links_of(next), before).await?;
+        if landed.load(Ordering::Relaxed) || !gather_more(next, rx) {
+            return Ok(Some(plan));
+        }
+        if !keys_of(next).keys().all(|k| locks.contains_key(k)) {
+            return Ok(None);
+        }
     }
 }
 
@@ -1755,6 +1785,67 @@ mod tests {
         writer.release().await;
         drop(writer);
         pool.close().await;
+        drop_database(&url).await;
+    }
+
+    /// While the batch before is being written, the jobs that come join the next batch, whose facts are read again
+    /// with them; once it has landed, they wait for the batch after; a job that needs a graph lock not held leaves
+    /// the next batch to be planned in its turn.
+    #[tokio::test]
+    async fn the_next_batch_takes_in_the_jobs_that_come_while_the_one_before_is_written() {
+        let Some((url, _store, org, i)) = issues(&[], 8).await else {
+            return;
+        };
+        let mut conn = PgConnection::connect(&url).await.unwrap();
+        let before = Accepted::default();
+        let depends = |k: usize| link(&org, i[k], "depends on", i[k + 1], false);
+        let relates = |k: usize| link(&org, i[k], "relates", i[k + 1], false);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let locks = keys_of(&jobs(vec![vec![depends(0)]]).0);
+        assert_eq!(locks.len(), 1);
+
+        // Not landed yet: the two jobs that came are read with the first.
+        let (mut next, _a) = jobs(vec![vec![depends(0)]]);
+        for job in jobs(vec![vec![depends(2)], vec![relates(4)]]).0 {
+            tx.send(job).unwrap();
+        }
+        let landed = AtomicBool::new(false);
+        let plan = read_ahead(&mut conn, &mut next, &mut rx, &before, &landed, &locks)
+            .await
+            .unwrap();
+        assert_eq!(next.len(), 3);
+        assert_eq!(plan.map(|p| p.facts.len()), Some(3), "the facts of all three links");
+        assert!(rx.try_recv().is_err());
+
+        // Landed: the job that came waits.
+        let (mut next, _b) = jobs(vec![vec![depends(0)]]);
+        for job in jobs(vec![vec![depends(2)]]).0 {
+            tx.send(job).unwrap();
+        }
+        let landed = AtomicBool::new(true);
+        let plan = read_ahead(&mut conn, &mut next, &mut rx, &before, &landed, &locks)
+            .await
+            .unwrap();
+        assert_eq!(next.len(), 1);
+        assert_eq!(plan.map(|p| p.facts.len()), Some(1));
+        assert!(
+            rx.try_recv().is_ok(),
+            "the job that came after the write waits in the queue"
+        );
+
+        // A job that needs a lock not held: no plan, the job in the next batch all the same.
+        let (mut next, _c) = jobs(vec![vec![relates(4)]]);
+        for job in jobs(vec![vec![depends(6)]]).0 {
+            tx.send(job).unwrap();
+        }
+        let landed = AtomicBool::new(false);
+        let plan = read_ahead(&mut conn, &mut next, &mut rx, &before, &landed, &Keys::new())
+            .await
+            .unwrap();
+        assert!(plan.is_none());
+        assert_eq!(next.len(), 2);
+
+        drop(conn);
         drop_database(&url).await;
     }
 
