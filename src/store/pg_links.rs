@@ -85,8 +85,10 @@ const REPLAN_EVERY: Duration = Duration::from_secs(1);
 /// batch being written is the last one read ahead, and they go before the batch after it, so that whoever waits
 /// for them has a turn — the writers of other replicas, and this process's statements that take them one
 /// transaction at a time (a new issue with a parent, a batch written again step by step); it lets them go at once
-/// whenever no job is waiting.
-const STREAK_MAX: Duration = Duration::from_millis(20);
+/// whenever no job is waiting. Why 4 ms: with two replicas writing one organization's `depends` links, each
+/// waits out the other's turn, and 20 ms made their p99 26 ms; 4 ms made it 11.5 ms for the same rate, and one
+/// process's rate did not change (`docs/benchmarks.md`, `bench/replicas.py`).
+const STREAK_MAX: Duration = Duration::from_millis(4);
 
 /// The graph locks a batch needs: (rule, organization) → organization, in the order every writer takes them (all
 /// `Depends` before any `Subtask`).
@@ -128,6 +130,9 @@ struct Writer {
     /// The graph locks `main`'s session holds, and since when.
     locks: Keys,
     since: Instant,
+    /// How long it keeps them while batches keep coming: [`STREAK_MAX`] (longer in tests that need a read ahead
+    /// whatever the machine's pace).
+    streak: Duration,
 }
 
 /// The next batch, gathered while one was written, and its facts when they were read meanwhile.
@@ -169,6 +174,7 @@ impl Writer {
             aux: None,
             locks: Keys::new(),
             since: Instant::now(),
+            streak: STREAK_MAX,
         }
     }
 
@@ -219,9 +225,9 @@ impl Writer {
     }
 
     /// Has `main`'s session hold the graph locks `keys`: kept from the batches before when it holds them all and
-    /// has held them less than [`STREAK_MAX`]; else it lets go of those it holds and takes `keys`, in order.
+    /// has held them less than its streak ([`STREAK_MAX`]); else it lets go of those it holds and takes `keys`, in order.
     async fn lock(&mut self, keys: Keys) -> std::result::Result<(), Stop> {
-        if keys.keys().all(|k| self.locks.contains_key(k)) && self.since.elapsed() < STREAK_MAX {
+        if keys.keys().all(|k| self.locks.contains_key(k)) && self.since.elapsed() < self.streak {
             return Ok(());
         }
         self.release().await;
@@ -320,7 +326,7 @@ impl Writer {
         // A batch that needs no graph lock is read ahead too, unless the locks held have had their time: its
         // turn through `lock` lets them go.
         let ahead = !next.is_empty()
-            && (self.since.elapsed() < STREAK_MAX || (keys.is_empty() && self.locks.is_empty()))
+            && (self.since.elapsed() < self.streak || (keys.is_empty() && self.locks.is_empty()))
             && keys.keys().all(|k| self.locks.contains_key(k));
         let (before, rows, touched, all, wanted) = checked;
         let Some(main) = self.main.as_mut() else {
@@ -1762,6 +1768,8 @@ mod tests {
             holder.commit().await.unwrap();
         });
         let mut writer = Writer::new(pool.clone(), pool.clone());
+        // Planning the first batch may take longer than a streak on a busy machine: no read ahead then.
+        writer.streak = Duration::from_secs(60);
         let (jobs_next, read) = writer.batch(first, None, &mut rx).await.unwrap();
         release.await.unwrap();
         assert_eq!(jobs_next.len(), 2);
@@ -1911,7 +1919,7 @@ mod tests {
         drop_database(&url).await;
     }
     /// Batches that need no graph lock do not keep the locks an earlier batch took past their time: once those
-    /// have been held [`STREAK_MAX`], the next such batch is not read ahead, and its turn lets them go.
+    /// have been held their streak ([`STREAK_MAX`]), the next such batch is not read ahead, and its turn lets them go.
     #[tokio::test]
     async fn batches_without_graph_links_let_the_held_locks_go_in_time() {
         let Some((url, _store, org, i)) = issues(&[], 8).await else {
@@ -1919,6 +1927,7 @@ mod tests {
         };
         let pool = PgPool::connect(&url).await.unwrap();
         let mut writer = Writer::new(pool.clone(), pool.clone());
+        writer.streak = Duration::from_secs(60);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (first, _a) = jobs(vec![vec![link(&org, i[0], "depends on", i[1], false)]]);
         let (relates, _b) = jobs(vec![
@@ -1931,7 +1940,7 @@ mod tests {
         let (next, read) = writer.batch(first, None, &mut rx).await.unwrap();
         assert!(read.is_some() && !writer.locks.is_empty());
         // The lock has had its time; another relates batch waits.
-        writer.since = Instant::now() - STREAK_MAX - Duration::from_millis(1);
+        writer.streak = Duration::ZERO;
         tx.send(relates.next().unwrap()).unwrap();
         let (next, read) = writer.batch(next, read, &mut rx).await.unwrap();
         assert!(read.is_none(), "not read ahead under a lock that has had its time");
