@@ -42,8 +42,9 @@ def one_run(n, pairs, rel, work):
                        "createdBy": "admin"} for i in range(2 * (pairs // n))]
             keys = bench.import_issues(srv.port, issues, workers=4)
             path = os.path.join(work, f"replica-{k}.tsv")
-            bench.write_reqs(path, [("POST", f"/v2/issues/{keys[2 * i]}/links", {"relationship": rel, "issue": keys[2 * i + 1]})
-                                    for i in range(pairs // n)])
+            lines = [("POST", f"/v2/issues/{keys[2 * i]}/links", {"relationship": rel, "issue": keys[2 * i + 1]})
+                     for i in range(pairs // n)]
+            bench.write_reqs(path, lines)
             files.append(path)
         time.sleep(1)
         results = [None] * n

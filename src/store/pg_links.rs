@@ -86,8 +86,8 @@ const REPLAN_EVERY: Duration = Duration::from_secs(1);
 /// for them has a turn — the writers of other replicas, and this process's statements that take them one
 /// transaction at a time (a new issue with a parent, a batch written again step by step); it lets them go at once
 /// whenever no job is waiting. Why 4 ms: with two replicas writing one organization's `depends` links, each
-/// waits out the other's turn, and 20 ms made their p99 26 ms; 4 ms made it 11.5 ms for the same rate, and one
-/// process's rate did not change (`docs/benchmarks.md`, `bench/replicas.py`).
+/// waits out the other's turn, and 20 ms made their p99 26 ms; 4 ms made it 11.5–12.2 ms for the same rate, and
+/// one process's rate did not change (`docs/benchmarks.md`, `bench/replicas.py`).
 const STREAK_MAX: Duration = Duration::from_millis(4);
 
 /// The graph locks a batch needs: (rule, organization) → organization, in the order every writer takes them (all
@@ -225,7 +225,8 @@ impl Writer {
     }
 
     /// Has `main`'s session hold the graph locks `keys`: kept from the batches before when it holds them all and
-    /// has held them less than its streak ([`STREAK_MAX`]); else it lets go of those it holds and takes `keys`, in order.
+    /// has held them less than its streak ([`STREAK_MAX`]); else it lets go of those it holds and takes `keys`, in
+    /// order.
     async fn lock(&mut self, keys: Keys) -> std::result::Result<(), Stop> {
         if keys.keys().all(|k| self.locks.contains_key(k)) && self.since.elapsed() < self.streak {
             return Ok(());
