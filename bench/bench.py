@@ -752,7 +752,8 @@ def main():
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} not found (bench/run installs it)")
     if not a.only_pg and not os.access(FLOOR, os.X_OK):
-        sys.exit(f"bench: the floor binary {FLOOR} is not built (bench/run builds it: cd bench/floor && cargo build --release)")
+        sys.exit(f"bench: the floor binary {FLOOR} is not built "
+                 "(bench/run builds it: cd bench/floor && cargo build --release)")
     Bench(a).run()
 
 

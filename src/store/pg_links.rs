@@ -228,7 +228,7 @@ impl Writer {
     /// has held them less than its streak ([`STREAK_MAX`]); else it lets go of those it holds and takes `keys`, in
     /// order.
     async fn lock(&mut self, keys: Keys) -> std::result::Result<(), Stop> {
-        if keys.keys().all(|k| self.locks.contains_key(k)) && self.since.elapsed() < self.streak {
+        if keys.keys().all(|k| self.locks.contains_key(k)) && self.in_streak() {
             return Ok(());
         }
         self.release().await;
@@ -250,6 +250,11 @@ impl Writer {
         self.locks = keys;
         self.since = Instant::now();
         Ok(())
+    }
+
+    /// Whether the graph locks held (if any) have been held less than the streak.
+    fn in_streak(&self) -> bool {
+        self.since.elapsed() < self.streak
     }
 
     /// Lets go of the graph locks `main`'s session holds.
@@ -327,7 +332,7 @@ impl Writer {
         // A batch that needs no graph lock is read ahead too, unless the locks held have had their time: its
         // turn through `lock` lets them go.
         let ahead = !next.is_empty()
-            && (self.since.elapsed() < self.streak || (keys.is_empty() && self.locks.is_empty()))
+            && (self.in_streak() || (keys.is_empty() && self.locks.is_empty()))
             && keys.keys().all(|k| self.locks.contains_key(k));
         let (before, rows, touched, all, wanted) = checked;
         let Some(main) = self.main.as_mut() else {
