@@ -999,7 +999,9 @@ struct PlannedRow {
 /// commit. Each step of a walk is a subquery the planner may not pull up
 /// (`OFFSET 0`), so that it is always an index lookup per issue reached: as a join, the generic plan hashed every
 /// `depends` link of the table for a walk of a few issues (3.4 of 3.75 ms on 13 000 links; 0.54 ms in all
-/// this way).
+/// this way). So is the pair check (`OFFSET 0` keeps the planner from turning the `EXISTS` into a hashed subplan):
+/// planned while `links` was small — a new database, until [`replan`] finds a few thousand links — it read and
+/// hashed the whole table on every batch (`docs/benchmarks.md`).
 const FACTS_SQL: &str = "WITH RECURSIVE \
      rd(start, id) AS (SELECT s, s FROM unnest($8::bigint[]) AS s UNION \
      SELECT r.start, l.inward_id FROM rd r CROSS JOIN LATERAL \
@@ -1010,7 +1012,7 @@ const FACTS_SQL: &str = "WITH RECURSIVE \
      ((SELECT inward_id FROM links l WHERE l.outward_id = r.id AND l.type = 'subtask' OFFSET 0) \
      UNION ALL SELECT e.i FROM unnest($14::bigint[], $15::bigint[]) AS e(o, i) WHERE e.o = r.id) l) \
      SELECT t.id, t.key, t.type, o.id, o.key, o.type, \
-     EXISTS (SELECT 1 FROM links x WHERE x.lo = j.lo AND x.hi = j.hi), \
+     EXISTS (SELECT 1 FROM links x WHERE x.lo = j.lo AND x.hi = j.hi OFFSET 0), \
      CASE WHEN j.ty = 'epic' THEN (SELECT e.key FROM links x JOIN issues e ON e.id = x.inward_id \
      WHERE x.outward_id = j.outward AND x.type = 'epic') END, \
      CASE WHEN j.ty = 'subtask' THEN (SELECT p.key FROM links x JOIN issues p ON p.id = x.outward_id \
@@ -1470,6 +1472,39 @@ mod tests {
         writer.release().await;
         drop(writer);
         pool.close().await;
+        drop_database(&url).await;
+    }
+
+    /// The facts statement reads `links` by index alone, however few links there are when it is planned: its
+    /// generic plan (the writer's connections force one) is made on a new database while the table is empty, and
+    /// a plan that scanned and hashed the table read every link on every batch until [`replan`] found enough
+    /// links to choose otherwise (`OFFSET 0` in the pair check and in the walks' steps).
+    #[tokio::test]
+    async fn the_facts_statement_reads_links_by_index_on_a_new_database() {
+        let Some((url, _store, _org, _i)) = issues(&[], 2).await else {
+            return;
+        };
+        let mut conn = PgConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql("SET plan_cache_mode = force_generic_plan")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("PREPARE facts AS {FACTS_SQL}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let nulls = vec!["NULL"; 19].join(", ");
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("EXPLAIN EXECUTE facts({nulls})")))
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        let plan = plan.join("\n");
+        // The pair check, and a step of each walk.
+        for index in ["links_pair", "links_outward"] {
+            assert!(plan.contains(&format!("using {index} on links")), "{plan}");
+        }
+        assert!(!plan.contains("Seq Scan on links"), "{plan}");
+        conn.close().await.unwrap();
         drop_database(&url).await;
     }
 
