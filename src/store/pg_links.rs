@@ -1499,7 +1499,7 @@ mod tests {
             .await
             .unwrap();
         let plan = plan.join("\n");
-        // The pair check, and a step of each walk.
+        // The pair check, and the walks' steps.
         for index in ["links_pair", "links_outward"] {
             assert!(plan.contains(&format!("using {index} on links")), "{plan}");
         }
