@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{Postgres, Row, Transaction};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::link_batch::{Job, LinkWriter, Outcome, Written, gather, gather_more};
 use super::link_rules::{
@@ -81,14 +81,21 @@ pub(super) const VIEW_READERS: u32 = 4;
 /// How long the writer keeps its statements' plans at most (see [`replan`]).
 const REPLAN_EVERY: Duration = Duration::from_secs(1);
 
-/// How long the writer keeps its graph locks while batches keep coming: once they have been held that long, the
-/// batch being written is the last one read ahead, and they go before the batch after it, so that whoever waits
-/// for them has a turn — the writers of other replicas, and this process's statements that take them one
-/// transaction at a time (a new issue with a parent, a batch written again step by step); it lets them go at once
-/// whenever no job is waiting. Why 4 ms: with two replicas writing one organization's `depends` links, each
+/// How long the writer keeps its graph locks while batches keep coming before it looks whether a session waits for
+/// one of them ([`WAITING_SQL`], on the reading connection, while a batch is written): when none does, it keeps
+/// them for another streak; when one does, the batch being written is the last one read ahead, and they go before
+/// the batch after it, so that whoever waits for them has a turn — the writers of other replicas, and this
+/// process's statements that take them one transaction at a time (a new issue with a parent, a batch written again
+/// step by step). It lets them go at once whenever no job is waiting. Letting them go every streak whether or not
+/// anyone waited made a third of one process's batches wait for the turn's round trips (`docs/benchmarks.md`).
+/// Why 4 ms: with two replicas writing one organization's `depends` links, each
 /// waits out the other's turn, and 20 ms made their p99 26 ms; 4 ms made it 11.5–12.2 ms for the same rate, and
 /// one process's rate did not change (`docs/benchmarks.md`, `bench/replicas.py`).
 const STREAK_MAX: Duration = Duration::from_millis(4);
+
+/// Whether a session waits for an advisory lock of this database (the graph locks are Tether's only ones).
+const WAITING_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+     AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))";
 
 /// The graph locks a batch needs: (rule, organization) → organization, in the order every writer takes them (all
 /// `Depends` before any `Subtask`).
@@ -133,6 +140,9 @@ struct Writer {
     /// How long it keeps them while batches keep coming: [`STREAK_MAX`] (longer in tests that need a read ahead
     /// whatever the machine's pace).
     streak: Duration,
+    /// How many jobs the last batch answered: when none waits as a write begins, the next batch is read ahead once
+    /// that many have come (their clients' next requests), if they come before it lands.
+    answered: usize,
 }
 
 /// The next batch, gathered while one was written, and its facts when they were read meanwhile.
@@ -175,6 +185,7 @@ impl Writer {
             locks: Keys::new(),
             since: Instant::now(),
             streak: STREAK_MAX,
+            answered: 0,
         }
     }
 
@@ -284,8 +295,10 @@ impl Writer {
     /// Writes `jobs`: planned ([`Plan`]; `read`, its facts when they were read while the batch before was
     /// written), their links inserted and committed by one statement, while the next batch is gathered and its
     /// facts read on the other connection — read again with the jobs that came meanwhile while the statement
-    /// lasts ([`read_ahead`]). When the plan cannot be kept (a fault, or a row that a writer elsewhere got in
-    /// first), each job is written again in a transaction of its own, statement by statement.
+    /// lasts ([`read_ahead`]). When no job waits as the write begins, the next batch is read ahead once as many
+    /// jobs have come as this writer's last batch answered (its clients' next requests), if they come before the
+    /// write lands ([`Writer::answered`]). When the plan cannot be kept (a fault, or a row that a writer elsewhere
+    /// got in first), each job is written again in a transaction of its own, statement by statement.
     /// A planned batch's views come with its facts, and its answers are sent as soon as it is committed (a view
     /// missing from the facts is read by a task of its own, so that the next batch begins at once). Returns the
     /// next batch when it was gathered.
@@ -328,28 +341,55 @@ impl Writer {
         if let Ok(first) = rx.try_recv() {
             next = gather(first, rx);
         }
-        let keys = keys_of(&next);
-        // A batch that needs no graph lock is read ahead too, unless the locks held have had their time: its
-        // turn through `lock` lets them go.
-        let ahead = !next.is_empty()
-            && (self.in_streak() || (keys.is_empty() && self.locks.is_empty()))
-            && keys.keys().all(|k| self.locks.contains_key(k));
         let (before, rows, touched, all, wanted) = checked;
         let Some(main) = self.main.as_mut() else {
             self.one_by_one(jobs).await;
             return next_batch(next, None);
         };
         let landed = AtomicBool::new(false);
+        let (land, mut on_land) = oneshot::channel::<()>();
         let written = async {
             let written = rows.write(&mut **fresh(main).await, &touched).await;
             landed.store(true, Ordering::Relaxed);
+            let _ = land.send(());
             written
         };
+        let answered = self.answered;
         let read = async {
-            if !ahead {
+            if next.is_empty() {
+                // None waits: the clients the last batch answered are about to send their next requests. They
+                // are read ahead as one batch once they have all come, if that is before the write lands.
+                while next.len() < answered {
+                    tokio::select! {
+                        biased;
+                        _ = &mut on_land => return None,
+                        job = rx.recv() => match job {
+                            Some(job) => {
+                                next.push(job);
+                                gather_more(&mut next, rx);
+                            }
+                            None => return None,
+                        },
+                    }
+                }
+            }
+            // Read ahead when the locks the batch needs are held.
+            if next.is_empty() || !keys_of(&next).keys().all(|k| self.locks.contains_key(k)) {
                 return None;
             }
             let conn = Writer::ready(&self.pool, &mut self.aux).await.ok()?;
+            // Once the locks have been held their streak, they are kept for another only when no one waits for
+            // them; else this batch is planned in its turn, after `lock` has let them go.
+            if !self.locks.is_empty() && self.since.elapsed() >= self.streak {
+                match sqlx::query_scalar::<_, bool>(WAITING_SQL).fetch_one(&mut **conn).await {
+                    Ok(false) => self.since = Instant::now(),
+                    Ok(true) => return None,
+                    Err(_) => {
+                        self.aux = None;
+                        return None;
+                    }
+                }
+            }
             match read_ahead(conn, &mut next, rx, &before, &landed, &self.locks).await {
                 Ok(plan) => plan,
                 Err(_) => {
@@ -361,6 +401,7 @@ impl Writer {
         let (written, read) = tokio::join!(written, read);
         match written {
             Ok(()) => {
+                self.answered = jobs.len();
                 let done = Done {
                     committed: true,
                     all: all.into_iter().map(Ok).collect(),
@@ -1959,10 +2000,11 @@ mod tests {
         other.close().await.unwrap();
         drop_database(&url).await;
     }
-    /// Batches that need no graph lock do not keep the locks an earlier batch took past their time: once those
-    /// have been held their streak ([`STREAK_MAX`]), the next such batch is not read ahead, and its turn lets them go.
+    /// Once the graph locks have been held their streak ([`STREAK_MAX`]), the writer keeps them for another only
+    /// while no one waits for them: then the next batch is read ahead under them (a batch that needs no lock too);
+    /// when a session waits, the next batch is not read ahead, and its turn lets them go.
     #[tokio::test]
-    async fn batches_without_graph_links_let_the_held_locks_go_in_time() {
+    async fn the_writer_keeps_the_graph_locks_past_their_streak_only_while_no_one_waits() {
         let Some((url, _store, org, i)) = issues(&[], 8).await else {
             return;
         };
@@ -1974,25 +2016,118 @@ mod tests {
         let (relates, _b) = jobs(vec![
             vec![link(&org, i[2], "relates", i[3], false)],
             vec![link(&org, i[4], "relates", i[5], false)],
+            vec![link(&org, i[6], "relates", i[7], false)],
         ]);
         let mut relates = relates.into_iter();
         tx.send(relates.next().unwrap()).unwrap();
         // The depends batch takes the lock; the first relates batch is read ahead while it is written.
         let (next, read) = writer.batch(first, None, &mut rx).await.unwrap();
         assert!(read.is_some() && !writer.locks.is_empty());
-        // The lock has had its time; another relates batch waits.
+        // The lock has had its time, and no one waits for it: it is kept, and the next batch read ahead.
         writer.streak = Duration::ZERO;
         tx.send(relates.next().unwrap()).unwrap();
         let (next, read) = writer.batch(next, read, &mut rx).await.unwrap();
-        assert!(read.is_none(), "not read ahead under a lock that has had its time");
+        assert!(read.is_some(), "not read ahead under a lock no one waits for");
         assert!(!writer.locks.is_empty());
+        // A session waits for it: the next batch is not read ahead, and its turn lets the lock go.
+        let key = format!("tether.links.{}.depends", org.as_str());
+        let waiter = {
+            let (url, key) = (url.clone(), key.clone());
+            tokio::spawn(async move {
+                let mut other = PgConnection::connect(&url).await.unwrap();
+                sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))")
+                    .bind(&key)
+                    .execute(&mut other)
+                    .await
+                    .unwrap();
+                other
+            })
+        };
+        let mut waits = false;
+        for _ in 0..100 {
+            waits = sqlx::query_scalar(WAITING_SQL).fetch_one(&pool).await.unwrap();
+            if waits {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(waits, "the other session does not wait for the lock");
+        tx.send(relates.next().unwrap()).unwrap();
+        let (next, read) = writer.batch(next, read, &mut rx).await.unwrap();
+        assert!(read.is_none(), "read ahead under a lock someone waits for");
         assert!(writer.batch(next, read, &mut rx).await.is_none());
         assert!(writer.locks.is_empty(), "the lock went before the last batch");
+        let other = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        other.close().await.unwrap();
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM links")
             .fetch_one(&pool)
             .await
             .unwrap();
-        assert_eq!(n, 3);
+        assert_eq!(n, 4);
+        drop(writer);
+        pool.close().await;
+        drop_database(&url).await;
+    }
+
+    /// When no job waits as a write begins, the jobs that come while it lasts are read ahead once as many have
+    /// come as the batch before answered (its clients' next requests); when fewer have come by the time it
+    /// lands, the next batch is planned after it.
+    #[tokio::test]
+    async fn a_write_begun_with_no_job_waiting_reads_ahead_the_jobs_that_come_meanwhile() {
+        let Some((url, _store, org, i)) = issues(&[], 16).await else {
+            return;
+        };
+        let pool = PgPool::connect(&url).await.unwrap();
+        let mut writer = Writer::new(pool.clone(), pool.clone());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let pair = |k: usize| vec![link(&org, i[2 * k], "relates", i[2 * k + 1], false)];
+        let (two, _a) = jobs(vec![pair(0), pair(1)]);
+        assert!(writer.batch(two, None, &mut rx).await.is_none());
+        assert_eq!(writer.answered, 2);
+        for (come, read_ahead) in [(vec![pair(3), pair(4)], true), (vec![pair(6)], false)] {
+            let (one, _b) = jobs(vec![pair(if read_ahead { 2 } else { 5 })]);
+            let (come, _c) = jobs(come);
+            let n = come.len();
+            // The write waits for its first issue's row, held here, while the jobs come.
+            let mut other = PgConnection::connect(&url).await.unwrap();
+            sqlx::raw_sql("BEGIN").execute(&mut other).await.unwrap();
+            sqlx::query("SELECT id FROM issues WHERE id = $1 FOR UPDATE")
+                .bind(one[0].links[0].this)
+                .execute(&mut other)
+                .await
+                .unwrap();
+            let sender = {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    for job in come {
+                        tx.send(job).unwrap();
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    sqlx::raw_sql("COMMIT").execute(&mut other).await.unwrap();
+                    other
+                })
+            };
+            let (next, read) = writer.batch(one, None, &mut rx).await.unwrap();
+            assert_eq!(next.len(), n);
+            assert_eq!(
+                read.is_some(),
+                read_ahead,
+                "{n} jobs came after a batch that answered 2"
+            );
+            sender.await.unwrap().close().await.unwrap();
+            assert!(writer.batch(next, read, &mut rx).await.is_none());
+            assert_eq!(writer.answered, n);
+            writer.answered = 2;
+        }
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM links")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(n, 7);
         drop(writer);
         pool.close().await;
         drop_database(&url).await;
