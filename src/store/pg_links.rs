@@ -87,10 +87,11 @@ const REPLAN_EVERY: Duration = Duration::from_secs(1);
 /// the batch after it, so that whoever waits for them has a turn — the writers of other replicas, and this
 /// process's statements that take them one transaction at a time (a new issue with a parent, a batch written again
 /// step by step). It lets them go at once whenever no job is waiting. Letting them go every streak whether or not
-/// anyone waited made a third of one process's batches wait for the turn's round trips (`docs/benchmarks.md`).
-/// Why 4 ms: with two replicas writing one organization's `depends` links, each
-/// waits out the other's turn, and 20 ms made their p99 26 ms; 4 ms made it 11.5–12.2 ms for the same rate, and
-/// one process's rate did not change (`docs/benchmarks.md`, `bench/replicas.py`).
+/// anyone waited took them again 311–371 times in 1 000 of one process's batches, each such batch planned after
+/// the turn's round trips instead of read ahead (`docs/benchmarks.md`).
+/// Why 4 ms: with two replicas writing one organization's `depends` links, each waits out the other's turn, and
+/// 20 ms made their p99 26 ms; 4 ms made it 11.5–12.2 ms for the same rate, and one process's rate did not change
+/// (`docs/benchmarks.md`, `bench/replicas.py`).
 const STREAK_MAX: Duration = Duration::from_millis(4);
 
 /// Whether a session waits for an advisory lock of this database (the graph locks are Tether's only ones).
