@@ -16,7 +16,6 @@
 //! jobs are written again one transaction each, a statement per read, so that a fault is the job's own.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
@@ -347,11 +346,9 @@ impl Writer {
             self.one_by_one(jobs).await;
             return next_batch(next, None);
         };
-        let landed = AtomicBool::new(false);
-        let (land, mut on_land) = oneshot::channel::<()>();
+        let (land, mut landed) = oneshot::channel::<()>();
         let written = async {
             let written = rows.write(&mut **fresh(main).await, &touched).await;
-            landed.store(true, Ordering::Relaxed);
             let _ = land.send(());
             written
         };
@@ -363,7 +360,7 @@ impl Writer {
                 while next.len() < answered {
                     tokio::select! {
                         biased;
-                        _ = &mut on_land => return None,
+                        _ = &mut landed => return None,
                         job = rx.recv() => match job {
                             Some(job) => {
                                 next.push(job);
@@ -391,7 +388,7 @@ impl Writer {
                     }
                 }
             }
-            match read_ahead(conn, &mut next, rx, &before, &landed, &self.locks).await {
+            match read_ahead(conn, &mut next, rx, &before, &mut landed, &self.locks).await {
                 Ok(plan) => plan,
                 Err(_) => {
                     self.aux = None;
@@ -488,19 +485,21 @@ impl Writer {
 }
 
 /// The facts of `next` read with `before` (the batch being written) — and read again with the jobs that came
-/// meanwhile while that batch has not `landed`: a bigger next batch for about the same write. `None` when a job that
-/// came needs a graph lock not among `locks` (the batch is then planned in its turn); an error when a read failed.
+/// meanwhile while that batch has not `landed` (its sender says when): a bigger next batch for about the same
+/// write. `None` when a job that came needs a graph lock not among `locks` (the batch is then planned in its turn);
+/// an error when a read failed.
 async fn read_ahead(
     conn: &mut PgConnection,
     next: &mut Vec<Job>,
     rx: &mut mpsc::UnboundedReceiver<Job>,
     before: &Accepted,
-    landed: &AtomicBool,
+    landed: &mut oneshot::Receiver<()>,
     locks: &Keys,
 ) -> Result<Option<Plan>> {
     loop {
         let plan = Plan::load(conn, &links_of(next), before).await?;
-        if landed.load(Ordering::Relaxed) || !gather_more(next, rx) {
+        let has_landed = !matches!(landed.try_recv(), Err(oneshot::error::TryRecvError::Empty));
+        if has_landed || !gather_more(next, rx) {
             return Ok(Some(plan));
         }
         if !keys_of(next).keys().all(|k| locks.contains_key(k)) {
@@ -1900,8 +1899,8 @@ mod tests {
         for job in jobs(vec![vec![depends(2)], vec![relates(4)]]).0 {
             tx.send(job).unwrap();
         }
-        let landed = AtomicBool::new(false);
-        let plan = read_ahead(&mut conn, &mut next, &mut rx, &before, &landed, &locks)
+        let (_land, mut landed) = oneshot::channel();
+        let plan = read_ahead(&mut conn, &mut next, &mut rx, &before, &mut landed, &locks)
             .await
             .unwrap();
         assert_eq!(next.len(), 3);
@@ -1913,8 +1912,9 @@ mod tests {
         for job in jobs(vec![vec![depends(2)]]).0 {
             tx.send(job).unwrap();
         }
-        let landed = AtomicBool::new(true);
-        let plan = read_ahead(&mut conn, &mut next, &mut rx, &before, &landed, &locks)
+        let (land, mut landed) = oneshot::channel();
+        land.send(()).unwrap();
+        let plan = read_ahead(&mut conn, &mut next, &mut rx, &before, &mut landed, &locks)
             .await
             .unwrap();
         assert_eq!(next.len(), 1);
@@ -1929,8 +1929,8 @@ mod tests {
         for job in jobs(vec![vec![depends(6)]]).0 {
             tx.send(job).unwrap();
         }
-        let landed = AtomicBool::new(false);
-        let plan = read_ahead(&mut conn, &mut next, &mut rx, &before, &landed, &Keys::new())
+        let (_land, mut landed) = oneshot::channel();
+        let plan = read_ahead(&mut conn, &mut next, &mut rx, &before, &mut landed, &Keys::new())
             .await
             .unwrap();
         assert!(plan.is_none());
