@@ -2001,6 +2001,7 @@ mod tests {
         other.close().await.unwrap();
         drop_database(&url).await;
     }
+
     /// Once the graph locks have been held their streak ([`STREAK_MAX`]), the writer keeps them for another only
     /// while no one waits for them: then the next batch is read ahead under them (a batch that needs no lock too);
     /// when a session waits, the next batch is not read ahead, and its turn lets them go.
