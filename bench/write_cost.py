@@ -11,8 +11,10 @@ writes it, with its 16 issue touches, and without parts of it; `nop` is one roun
 pgbench's floor (one link per transaction). Before each run the issues' pages are written and vacuumed after a
 checkpoint (as in the create-link benchmark, where they were written since the last one). The rows come from
 generate_series and a sequence rather than bound arrays (pgbench binds no arrays); its shape is otherwise the
-writer's. Needs pgbench and psql on 127.0.0.1:5432 (user postgres); the database `tether_write_cost` (and its
-copy without the links' foreign keys) is dropped at the end.
+writer's. The links' references are checked as migration 0005 checks them (one statement-level trigger), and,
+for comparison, by the five foreign keys it replaced (`…_fks`, the schema before it) and not at all (`…_nofk`).
+Needs pgbench and psql on 127.0.0.1:5432 (user postgres); the databases `tether_write_cost`, `…_fks` and `…_nofk`
+are dropped at the end.
 """
 import os
 import re
@@ -21,7 +23,10 @@ import subprocess
 import sys
 
 DB = "tether_write_cost"
+FKS = DB + "_fks"
 NOFK = DB + "_nofk"
+# The migration from which the links' references are checked per statement rather than by five foreign keys.
+PER_STATEMENT = "0005"
 ISSUES = 200_000
 PSQL = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"]
 MIGRATIONS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "migrations", "postgres")
@@ -62,8 +67,10 @@ VARIANTS = {
     "8 links + 16 touches (the writer's)": (DB, batch(), ""),
     "… without the row locks": (DB, batch(lock=False), ""),
     "… synchronous_commit off": (DB, batch(), "-c synchronous_commit=off"),
-    "… links without foreign keys": (NOFK, batch(), ""),
-    "8 links, commit, without foreign keys": (NOFK, batch(touch=False), ""),
+    "… with the five foreign keys (before 0005)": (FKS, batch(), ""),
+    "… links without foreign keys or 0005's check": (NOFK, batch(), ""),
+    "8 links, commit, with the five foreign keys": (FKS, batch(touch=False), ""),
+    "8 links, commit, without foreign keys or check": (NOFK, batch(touch=False), ""),
 }
 
 
@@ -72,12 +79,14 @@ def psql(db, *args, **kw):
 
 
 def setup():
-    for db in (DB, NOFK):
+    for db in (DB, FKS, NOFK):
         psql("postgres", "-c", f"DROP DATABASE IF EXISTS {db}")
-    psql("postgres", "-c", f"CREATE DATABASE {DB}")
-    for name in sorted(os.listdir(MIGRATIONS)):
-        psql(DB, "-f", os.path.join(MIGRATIONS, name))
-    psql(DB, input=f"""
+    psql("postgres", "-c", f"CREATE DATABASE {FKS}")
+    migrations = sorted(os.listdir(MIGRATIONS))
+    for name in migrations:
+        if name < PER_STATEMENT:
+            psql(FKS, "-f", os.path.join(MIGRATIONS, name))
+    psql(FKS, input=f"""
 INSERT INTO organizations VALUES ('org', 'Org', 0);
 INSERT INTO users (uid, login, display, created_at) VALUES (1, 'u', 'U', 0);
 INSERT INTO queues (id, org_id, key, name, default_type, created_at) VALUES (1, 'org', 'Q', 'Q', 'task', 0);
@@ -88,7 +97,11 @@ FROM generate_series(1, {ISSUES}) g;
 CREATE SEQUENCE bseq MINVALUE 0 MAXVALUE {ISSUES // 16 - 1} START 0 CYCLE;
 VACUUM ANALYZE;
 """)
-    psql("postgres", "-c", f"CREATE DATABASE {NOFK} TEMPLATE {DB}")
+    psql("postgres", "-c", f"CREATE DATABASE {DB} TEMPLATE {FKS}")
+    for name in migrations:
+        if name >= PER_STATEMENT:
+            psql(DB, "-f", os.path.join(MIGRATIONS, name))
+    psql("postgres", "-c", f"CREATE DATABASE {NOFK} TEMPLATE {FKS}")
     psql(NOFK, "-c", "ALTER TABLE links DROP CONSTRAINT links_org_id_fkey, DROP CONSTRAINT links_outward_id_fkey, "
          "DROP CONSTRAINT links_inward_id_fkey, DROP CONSTRAINT links_created_by_fkey, "
          "DROP CONSTRAINT links_updated_by_fkey")
@@ -123,7 +136,7 @@ def main():
                 got[name].append(run(db, script, options, seconds))
                 print(f"round {r}: {name}: {got[name][-1][0]:.0f} tx/s, {got[name][-1][1]:.3f} ms", flush=True)
     finally:
-        for db in (DB, NOFK):
+        for db in (DB, FKS, NOFK):
             psql("postgres", "-c", f"DROP DATABASE IF EXISTS {db}")
     print(f"\npgbench -c 1 -M prepared, {rounds} × {seconds} s each, alternating; median of the rounds")
     print("| statement | tx/s | latency ms |\n|---|---:|---:|")

@@ -2134,4 +2134,204 @@ mod tests {
         pool.close().await;
         drop_database(&url).await;
     }
+
+    /// The SQLSTATE of a statement's failure; `None` when it succeeded.
+    fn sqlstate<T>(r: std::result::Result<T, sqlx::Error>) -> Option<String> {
+        match r {
+            Ok(_) => None,
+            Err(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
+            Err(e) => panic!("not a database error: {e}"),
+        }
+    }
+
+    /// One link row from `outward` to `inward` by `uid` (not through the writer: the schema's own checks).
+    const ROW_SQL: &str = "INSERT INTO links (org_id, type, outward_id, inward_id, lo, hi, created_by, updated_by, \
+         created_at, updated_at) VALUES ($1, 'relates', $2, $3, least($2, $3), greatest($2, $3), $4, $4, 1, 1)";
+
+    /// `n` issues on a fresh database (as [`issues`]), a pool of its own, and the uid of the user who made them.
+    async fn plain_issues(n: usize) -> Option<(String, PgPool, OrgId, Vec<i64>, i64)> {
+        let (url, _store, org, i) = issues(&[], n).await?;
+        let pool = PgPool::connect(&url).await.unwrap();
+        let uid: i64 = sqlx::query_scalar("SELECT uid FROM users")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        Some((url, pool, org, i, uid))
+    }
+
+    /// The links' references are checked per statement (migration 0005) as the foreign keys checked them, and a
+    /// link's issues are in its organization: each bad write fails with `foreign_key_violation` and writes nothing.
+    #[tokio::test]
+    async fn the_links_references_are_checked_per_statement() {
+        let Some((url, pool, org, i, uid)) = plain_issues(6).await else {
+            return;
+        };
+        // A user whom only links refer to (issues, tokens and memberships refer to `uid`), and one unreferenced.
+        let (v, w): (i64, i64) = sqlx::query_as(
+            "WITH n AS (INSERT INTO users (login, display, created_at) VALUES ('v', 'V', 1), ('w', 'W', 1) \
+             RETURNING uid) SELECT min(uid), max(uid) FROM n",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        // An issue of another organization.
+        let other: i64 = sqlx::query_scalar(
+            "WITH o AS (INSERT INTO organizations VALUES ('p', 'P', 1) RETURNING id), \
+             q AS (INSERT INTO queues (org_id, key, name, default_type, created_at) SELECT id, 'Q', 'Q', 'task', 1 \
+             FROM o RETURNING id, org_id) \
+             INSERT INTO issues (org_id, queue_id, number, key, summary, type, status, created_by, updated_by, \
+             created_at, updated_at) SELECT org_id, id, 1, 'Q-1', 's', 'task', 'open', $1, $1, 1, 1 FROM q \
+             RETURNING id",
+        )
+        .bind(uid)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let row = |a: i64, b: i64, by: i64| sqlx::query(ROW_SQL).bind(org.as_str()).bind(a).bind(b).bind(by);
+        assert_eq!(sqlstate(row(i[0], i[1], v).execute(&pool).await), None);
+        let fk = Some("23503".to_string());
+        assert_eq!(
+            sqlstate(row(i[0], i[5] + 1000, uid).execute(&pool).await),
+            fk,
+            "no such issue"
+        );
+        assert_eq!(
+            sqlstate(row(i[5] + 1000, i[0], uid).execute(&pool).await),
+            fk,
+            "no such issue"
+        );
+        assert_eq!(
+            sqlstate(row(i[0], other, uid).execute(&pool).await),
+            fk,
+            "another organization's issue"
+        );
+        assert_eq!(
+            sqlstate(row(i[2], i[3], uid + 1000).execute(&pool).await),
+            fk,
+            "no such user"
+        );
+        // Many rows in one statement: one bad row fails them all.
+        let many = sqlx::query(
+            "INSERT INTO links (org_id, type, outward_id, inward_id, lo, hi, created_by, updated_by, created_at, \
+             updated_at) SELECT $1, 'relates', a, b, least(a, b), greatest(a, b), $4, $4, 1, 1 \
+             FROM unnest($2::bigint[], $3::bigint[]) AS v(a, b)",
+        );
+        let bad = many
+            .bind(org.as_str())
+            .bind(vec![i[2], i[3], i[4]])
+            .bind(vec![i[3], i[4], i[5] + 1000])
+            .bind(uid)
+            .execute(&pool)
+            .await;
+        assert_eq!(sqlstate(bad), fk, "one of three refers to no issue");
+        let update = sqlx::query("UPDATE links SET updated_by = $1")
+            .bind(uid + 1000)
+            .execute(&pool)
+            .await;
+        assert_eq!(sqlstate(update), fk, "no such user");
+        let update = sqlx::query("UPDATE links SET inward_id = $1, hi = $1")
+            .bind(other)
+            .execute(&pool)
+            .await;
+        assert_eq!(sqlstate(update), fk, "another organization's issue");
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM links")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(n, 1, "only the good link was written");
+        // The referenced side: a linked issue or user is neither deleted nor given another key; an unlinked one is.
+        let linked = [
+            format!("DELETE FROM issues WHERE id = {}", i[1]),
+            format!("UPDATE issues SET id = {} WHERE id = {}", i[5] + 1000, i[0]),
+            format!("UPDATE issues SET org_id = 'p' WHERE id = {}", i[1]),
+            format!("DELETE FROM users WHERE uid = {v}"),
+            format!("UPDATE users SET uid = {} WHERE uid = {v}", v + 1000),
+        ];
+        for sql in linked {
+            let r = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).execute(&pool).await;
+            assert_eq!(sqlstate(r), fk, "{sql}");
+        }
+        for sql in [
+            format!("DELETE FROM issues WHERE id = {}", i[5]),
+            format!("DELETE FROM users WHERE uid = {w}"),
+        ] {
+            let r = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).execute(&pool).await;
+            assert_eq!(sqlstate(r), None, "{sql}: nothing refers to it");
+        }
+        pool.close().await;
+        drop_database(&url).await;
+    }
+
+    /// Waits until a session of `pool`'s database waits for a lock.
+    async fn until_one_waits(pool: &PgPool) {
+        for _ in 0..500 {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            if waiting > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no session came to wait for a lock");
+    }
+
+    /// Racing transactions: a link written while its issue is being deleted waits for the delete and then fails;
+    /// an issue deleted while a link to it is being written waits for the link and then fails. Either way no link
+    /// is left without its issue.
+    #[tokio::test]
+    async fn a_link_and_a_delete_of_its_issue_racing_do_not_both_succeed() {
+        let Some((url, pool, org, i, uid)) = plain_issues(4).await else {
+            return;
+        };
+        let fk = Some("23503".to_string());
+        // The delete first: the link's statement waits for it, then finds no issue.
+        let mut deleter = PgConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "BEGIN; DELETE FROM issues WHERE id = {}",
+            i[1]
+        )))
+        .execute(&mut deleter)
+        .await
+        .unwrap();
+        let link = {
+            let (pool, org, a, b) = (pool.clone(), org.clone(), i[0], i[1]);
+            tokio::spawn(async move {
+                let q = sqlx::query(ROW_SQL).bind(org.as_str()).bind(a).bind(b).bind(uid);
+                sqlstate(q.execute(&pool).await)
+            })
+        };
+        until_one_waits(&pool).await;
+        sqlx::raw_sql("COMMIT").execute(&mut deleter).await.unwrap();
+        assert_eq!(link.await.unwrap(), fk, "a link to an issue deleted meanwhile");
+        // The link first: the delete waits for it, then finds the link.
+        let mut linker = PgConnection::connect(&url).await.unwrap();
+        sqlx::raw_sql("BEGIN").execute(&mut linker).await.unwrap();
+        let q = sqlx::query(ROW_SQL).bind(org.as_str()).bind(i[2]).bind(i[3]).bind(uid);
+        q.execute(&mut linker).await.unwrap();
+        let delete = {
+            let (pool, b) = (pool.clone(), i[3]);
+            tokio::spawn(async move {
+                let q = sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM issues WHERE id = {b}")));
+                sqlstate(q.execute(&pool).await)
+            })
+        };
+        until_one_waits(&pool).await;
+        sqlx::raw_sql("COMMIT").execute(&mut linker).await.unwrap();
+        assert_eq!(delete.await.unwrap(), fk, "an issue linked meanwhile");
+        let dangling: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM links l WHERE NOT EXISTS (SELECT 1 FROM issues WHERE id = l.outward_id) \
+             OR NOT EXISTS (SELECT 1 FROM issues WHERE id = l.inward_id)",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(dangling, 0);
+        drop((deleter, linker));
+        pool.close().await;
+        drop_database(&url).await;
+    }
 }
