@@ -25,6 +25,7 @@ import sys
 DB = "tether_write_cost"
 FKS = DB + "_fks"
 NOFK = DB + "_nofk"
+DATABASES = (DB, FKS, NOFK)
 # The migration from which the links' references are checked per statement rather than by five foreign keys.
 PER_STATEMENT = "0005"
 ISSUES = 200_000
@@ -79,7 +80,7 @@ def psql(db, *args, **kw):
 
 
 def setup():
-    for db in (DB, FKS, NOFK):
+    for db in DATABASES:
         psql("postgres", "-c", f"DROP DATABASE IF EXISTS {db}")
     psql("postgres", "-c", f"CREATE DATABASE {FKS}")
     migrations = sorted(os.listdir(MIGRATIONS))
@@ -128,15 +129,15 @@ def run(db, script, options, seconds):
 def main():
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     seconds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
-    setup()
     got = {name: [] for name in VARIANTS}
     try:
+        setup()
         for r in range(rounds):
             for name, (db, script, options) in VARIANTS.items():
                 got[name].append(run(db, script, options, seconds))
                 print(f"round {r}: {name}: {got[name][-1][0]:.0f} tx/s, {got[name][-1][1]:.3f} ms", flush=True)
     finally:
-        for db in (DB, FKS, NOFK):
+        for db in DATABASES:
             psql("postgres", "-c", f"DROP DATABASE IF EXISTS {db}")
     print(f"\npgbench -c 1 -M prepared, {rounds} × {seconds} s each, alternating; median of the rounds")
     print("| statement | tx/s | latency ms |\n|---|---:|---:|")

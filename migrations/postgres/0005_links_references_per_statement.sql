@@ -41,53 +41,34 @@ CREATE TRIGGER links_inserted_references AFTER INSERT ON links REFERENCING NEW T
 CREATE TRIGGER links_updated_references AFTER UPDATE ON links REFERENCING NEW TABLE AS written
     FOR EACH STATEMENT EXECUTE FUNCTION links_check_references();
 
--- No link refers to the issues a statement deleted (`gone`).
+-- An issue that links refer to is not deleted, and keeps its id and organization. A row trigger on a delete and on
+-- a change of those columns alone: the link writer's touches of `updated_at` do not fire it.
 CREATE FUNCTION issues_check_no_links() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM links l JOIN gone g ON l.outward_id = g.id)
-        OR EXISTS (SELECT 1 FROM links l JOIN gone g ON l.inward_id = g.id)
-    THEN
-        RAISE EXCEPTION 'an issue that links refer to cannot be deleted' USING ERRCODE = 'foreign_key_violation';
+    IF TG_OP = 'UPDATE' AND OLD.id = NEW.id AND OLD.org_id = NEW.org_id THEN
+        RETURN NULL;
     END IF;
-    RETURN NULL;
-END $$;
-CREATE TRIGGER issues_deleted_links AFTER DELETE ON issues REFERENCING OLD TABLE AS gone
-    FOR EACH STATEMENT EXECUTE FUNCTION issues_check_no_links();
-
--- An issue's id or organization changes only while no link refers to it. A row trigger on those columns alone:
--- the `updatedAt` touches of link writes do not fire it.
-CREATE FUNCTION issues_check_key_change() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
     IF EXISTS (SELECT 1 FROM links WHERE outward_id = OLD.id) OR EXISTS (SELECT 1 FROM links WHERE inward_id = OLD.id)
     THEN
-        RAISE EXCEPTION 'the id or organization of an issue that links refer to cannot change'
+        RAISE EXCEPTION 'an issue that links refer to is not deleted and keeps its id and organization'
             USING ERRCODE = 'foreign_key_violation';
-    END IF;
-    RETURN NEW;
-END $$;
-CREATE TRIGGER issues_key_changed AFTER UPDATE OF id, org_id ON issues
-    FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id OR OLD.org_id IS DISTINCT FROM NEW.org_id)
-    EXECUTE FUNCTION issues_check_key_change();
-
--- No link refers to the users a statement deleted.
-CREATE FUNCTION users_check_no_links() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    IF EXISTS (SELECT 1 FROM links l JOIN gone g ON l.created_by = g.uid OR l.updated_by = g.uid) THEN
-        RAISE EXCEPTION 'a user that links refer to cannot be deleted' USING ERRCODE = 'foreign_key_violation';
     END IF;
     RETURN NULL;
 END $$;
-CREATE TRIGGER users_deleted_links AFTER DELETE ON users REFERENCING OLD TABLE AS gone
-    FOR EACH STATEMENT EXECUTE FUNCTION users_check_no_links();
+CREATE TRIGGER issues_referenced_by_links AFTER DELETE OR UPDATE OF id, org_id ON issues
+    FOR EACH ROW EXECUTE FUNCTION issues_check_no_links();
 
--- A user's uid changes only while no link refers to it.
-CREATE FUNCTION users_check_key_change() RETURNS trigger LANGUAGE plpgsql AS $$
+-- A user that links refer to is not deleted, and keeps its uid.
+CREATE FUNCTION users_check_no_links() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF EXISTS (SELECT 1 FROM links WHERE created_by = OLD.uid OR updated_by = OLD.uid) THEN
-        RAISE EXCEPTION 'the uid of a user that links refer to cannot change' USING ERRCODE = 'foreign_key_violation';
+    IF TG_OP = 'UPDATE' AND OLD.uid = NEW.uid THEN
+        RETURN NULL;
     END IF;
-    RETURN NEW;
+    IF EXISTS (SELECT 1 FROM links WHERE created_by = OLD.uid OR updated_by = OLD.uid) THEN
+        RAISE EXCEPTION 'a user that links refer to is not deleted and keeps its uid'
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    RETURN NULL;
 END $$;
-CREATE TRIGGER users_key_changed AFTER UPDATE OF uid ON users
-    FOR EACH ROW WHEN (OLD.uid IS DISTINCT FROM NEW.uid)
-    EXECUTE FUNCTION users_check_key_change();
+CREATE TRIGGER users_referenced_by_links AFTER DELETE OR UPDATE OF uid ON users
+    FOR EACH ROW EXECUTE FUNCTION users_check_no_links();
